@@ -11,8 +11,10 @@ from rich.console import Console
 
 from shared.settings import load_settings
 
-app = typer.Typer(help="Dual-phase self-evolved math reasoning: data, fine-tuning, evaluation.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Dual-phase self-evolved math reasoning: data, fine-tuning, evaluation.",
+    no_args_is_help=True,
+)
 config_app = typer.Typer(help="Settings.", no_args_is_help=True)
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 model_app = typer.Typer(help="Models.", no_args_is_help=True)
@@ -24,7 +26,8 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML settings file (sections as in `config show`).")
+    Path | None,
+    typer.Option("--config", "-c", help="YAML settings file (sections as in `config show`)."),
 ]
 
 
@@ -33,6 +36,194 @@ def config_show(config: ConfigOption = None) -> None:
     """Print the effective settings as YAML."""
     settings = load_settings(config)
     console.print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    problems: Annotated[
+        Path | None,
+        typer.Option(help="JSONL problem file (formats of ../shared/datasets) instead of the "
+                     "synthetic demo problems."),
+    ] = None,
+    phase1: Annotated[int, typer.Option(help="Phase-1 problems in the run.")] = 24,
+    phase2: Annotated[int, typer.Option(help="Phase-2 problems in the run.")] = 24,
+    seed: Annotated[int, typer.Option(help="Run seed (problem draw, balancing, sampling).")] = 0,
+    timeout: Annotated[float, typer.Option(help="Give up after this many minutes.")] = 60,
+) -> None:
+    """Start the embedded stack, run the whole pipeline on a demo run, print the evaluation."""
+    from shared.bus import Publisher
+    from shared.db import make_engine, make_sessionmaker
+    from shared.embedded import embedded_stack, follow_run
+    from shared.problems import demo_problems, read_problem_file
+    from shared.runs import submit_run
+
+    settings = load_settings(config)
+    if problems is not None:
+        specs = read_problem_file(problems)  # all or nothing: a bad line fails before submitting
+    else:
+        specs = demo_problems(phase1 + phase2, seed)
+    with embedded_stack(settings) as (_broker, procs):
+        sessions = make_sessionmaker(make_engine(settings.common.resolved_database_url()))
+        publisher = Publisher(settings.common)
+        run_id = submit_run(settings, sessions, publisher, specs[:phase1],
+                            specs[phase1 : phase1 + phase2], seed)  # fmt: skip
+        console.print(f"run [bold]{run_id}[/]: logs in {settings.common.data_dir / 'logs'}")
+        if not follow_run(sessions, run_id, procs, timeout * 60):
+            console.print(f"[red]run {run_id} did not finish in {timeout} minutes")
+            raise typer.Exit(1)
+    console.print(f"run {run_id} complete; report: dualphase report {run_id}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate the database schema to the newest revision."""
+    from shared.migrations import upgrade
+
+    settings = load_settings(config)
+    url = settings.common.resolved_database_url()
+    if url.startswith("sqlite"):
+        settings.common.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(url)
+    console.print(f"database at head: {url}")
+
+
+@model_app.command("prepare")
+def model_prepare(config: ConfigOption = None) -> None:
+    """Convert the embedded GGUF model into a cached safetensors folder (once) and print it."""
+    from shared.model import model_identity, prepare_embedded_model
+
+    path = prepare_embedded_model(load_settings(config).inference.model_cache_dir)
+    console.print(f"{path}  ({model_identity(str(path))})")
+
+
+SERVICES = ["generator", "verifier", "sampler", "trainer", "eval"]
+
+
+@app.command()
+def serve(
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")],
+    config: ConfigOption = None,
+) -> None:
+    """Run one service (its consumer and its status app) until SIGTERM."""
+    import importlib
+
+    if name not in SERVICES:
+        raise typer.BadParameter(f"unknown service {name!r}; choose from {SERVICES}")
+    load_settings(config)
+    importlib.import_module(f"{name}_svc.app").main()
+
+
+@app.command()
+def broker(
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default: a free one).")
+    ] = None,
+) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) until Ctrl-C."""
+    from shared.broker import serve_broker
+
+    serve_broker(port)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str | None, typer.Option(
+        help="Model folder or hub id (default: the configured one, 'embedded').")] = None,
+    benchmarks: Annotated[str | None, typer.Option(
+        help="Comma-separated benchmarks, e.g. gsm8k,math500 (default: eval.benchmarks).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Problems per benchmark (0 = all).")] = None,
+    samples: Annotated[int | None, typer.Option(help="Samples per problem (k).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Token budget per turn.")] = None,
+    modes: Annotated[str | None, typer.Option(
+        help="Comma-separated modes: base, think-twice, self-rewarding.")] = None,
+    datasets_dir: Annotated[Path | None, typer.Option(help="Folder of benchmark files.")] = None,
+    report_dir: Annotated[Path | None, typer.Option(
+        help="Also write a report (Markdown, HTML, plots) into this folder.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate one model on benchmarks without the services and print the table."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from shared import evaluation, report
+    from shared.settings import EvalSettings
+
+    settings = load_settings(config)
+    overrides = dict(benchmarks=_csv(benchmarks), limit=limit, samples=samples,
+                     max_new_tokens=max_new_tokens, modes=_csv(modes), datasets_dir=datasets_dir)
+    eval_settings = EvalSettings.model_validate(
+        {**settings.eval.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    )
+    settings = settings.model_copy(update={"eval": eval_settings})
+    steps = len(eval_settings.benchmarks) * len(eval_settings.modes)
+    with Progress(console=console) as progress:
+        task = progress.add_task("evaluating", total=steps)
+
+        def advance(s: evaluation.BenchmarkSummary) -> None:
+            progress.update(task, advance=1, description=f"{s.benchmark} {s.mode} done")
+
+        summaries = evaluation.main(settings, model, on_done=advance)
+    table = Table(title=f"pass@1 of {summaries[0].model}")
+    for column in ("benchmark", "mode", "problems", "k", "pass@1 %", "95% CI", "mean tok",
+                   "median tok", "problems/min"):
+        table.add_column(column, justify="left" if column in ("benchmark", "mode") else "right")
+    for s in summaries:
+        table.add_row(s.benchmark, s.mode, str(s.problems), str(s.samples),
+                      f"{100 * s.accuracy:.1f}", f"± {100 * s.ci95:.1f}", f"{s.mean_tokens:.0f}",
+                      f"{s.median_tokens:.0f}", f"{60 * s.problems / s.seconds:.1f}")
+    console.print(table)
+    if report_dir is not None:
+        data = report.from_summaries(summaries, f"Evaluation of {summaries[0].model}")
+        for path in report.write_report(data, report_dir):
+            console.print(f"wrote {path}")
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[str, typer.Argument(help="Run id.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default: <data_dir>/reports/<run>).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the Markdown and HTML report with plots of one run's evaluation results."""
+    from shared import report
+
+    for path in report.main(load_settings(config), run, out):
+        console.print(f"wrote {path}")
+
+
+@bench_app.command("sampling")
+def bench_sampling(
+    problems: Annotated[int, typer.Option(help="Problems in one simulated run.")] = 100,
+    trials: Annotated[int, typer.Option(help="Simulated runs averaged over.")] = 2000,
+    alpha: Annotated[float, typer.Option(help="Beta(alpha, beta) of solve probabilities.")] = 0.5,
+    beta: Annotated[float, typer.Option(help="Beta(alpha, beta) of solve probabilities.")] = 0.5,
+    batch: Annotated[int, typer.Option(help="Samples per generate call (batch check).")] = 16,
+    schedule: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra schedule to compare, e.g. --schedule 2,4,8,16,70 (repeatable)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Simulate phase-2 sampling schedules: coverage, samples, samples relative to the ideal."""
+    from shared.simulation import PAPER_SCHEDULE, SimulationConfig, format_table, simulate
+
+    settings = load_settings(config)
+    schedules = {"paper": PAPER_SCHEDULE, "configured": settings.sampler.schedule}
+    for text in schedule or []:
+        schedules[f"option {len(schedules) - 1}"] = [int(n) for n in text.split(",")]
+    sim = SimulationConfig(
+        problems=problems, trials=trials, alpha=alpha, beta=beta, batch=batch,
+        keep_k=settings.sampler.keep_k, seed=seed, schedules=schedules,
+    )
+    console.print(f"Beta({alpha}, {beta}) solve probabilities, {problems} problems x {trials} runs")
+    typer.echo(format_table(simulate(sim), sim))  # plain: rich would wrap the Markdown rows
 
 
 if __name__ == "__main__":

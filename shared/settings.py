@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -70,8 +70,9 @@ class InferenceConfig(BaseModel):
     """Which model generates text and through which backend."""
 
     backend: Literal["transformers", "vllm", "openai"] = Field(
-        "transformers", description="Inference backend: in-process transformers or vLLM, or an "
-        "OpenAI-compatible server."
+        "transformers",
+        description="Inference backend: in-process transformers or vLLM, or an "
+        "OpenAI-compatible server.",
     )
     model: str = Field(
         "embedded",
@@ -88,10 +89,19 @@ class InferenceConfig(BaseModel):
     openai_base_url: str = Field(
         "http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible server."
     )
-    openai_api_key: str = Field("EMPTY", description="API key sent to the OpenAI-compatible server.")
+    openai_api_key: str = Field(
+        "EMPTY", description="API key sent to the OpenAI-compatible server."
+    )
     max_concurrency: int = Field(8, ge=1, description="Concurrent requests to the OpenAI server.")
     request_timeout_s: float = Field(600.0, gt=0, description="Timeout of one OpenAI request.")
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx/timeouts (with back-off).")
+    retry_backoff_s: float = Field(
+        0.5, gt=0, description="First back-off before an OpenAI retry (doubles, capped at 30 s)."
+    )
+    threads: int = Field(
+        0, ge=0, description="Torch CPU threads; 0 means every core this process may run on."
+    )
+    max_lora_rank: int = Field(64, ge=1, description="vLLM: largest LoRA rank an adapter may have.")
 
 
 class GeneratorSettings(BaseModel):
@@ -117,6 +127,19 @@ class VerifierSettings(BaseModel):
     workers: int = Field(1, ge=1, description="Grading worker processes.")
     min_tokens: int = Field(16, ge=0, description="Rule 'length': fewest tokens of a long CoT.")
     max_tokens: int = Field(4096, ge=1, description="Rule 'length': most tokens of a long CoT.")
+    repetition_ngram: int = Field(
+        8, ge=1, description="Rule 'no_repetition': length in words of the n-grams counted."
+    )
+    max_ngram_repeats: int = Field(
+        6, ge=1, description="Rule 'no_repetition': most times one n-gram (or line) may occur."
+    )
+    max_foreign_share: float = Field(
+        0.01, ge=0, le=1,
+        description="Rule 'no_language_mixing': largest share of non-Latin/Greek letters.",
+    )
+    min_checking_steps: int = Field(
+        2, ge=0, description="Rule 'has_checking_steps': fewest review/correction phrases."
+    )
 
 
 class SamplerSettings(BaseModel):
@@ -124,33 +147,115 @@ class SamplerSettings(BaseModel):
 
     port: int = Field(8103, description="HTTP port of the status app.")
     schedule: list[int] = Field(
-        [4, 10, 100], description="Samples per round for problems still unsolved (paper: 4,10,100)."
+        [1, 2, 4, 8, 16, 32, 37],
+        min_length=1,
+        description="Samples per round for problems still unsolved. The default doubles up to a "
+        "cap of 100: in `dualphase bench sampling` it spends 1.16x the one-at-a-time ideal, the "
+        "paper's [4, 10, 100] 1.81x, at the same coverage (docs/benchmarks.md).",
     )
     keep_k: int = Field(4, ge=1, description="Correct, de-duplicated solutions kept per problem.")
     marker_style: Literal["system", "prefix", "none"] = Field(
-        "system", description="How the source marker is rendered: system prompt, response prefix, "
-        "or not at all (ablation)."
+        "system",
+        description="How the source marker is rendered: system prompt, response prefix, "
+        "or not at all (ablation).",
     )
     mode: Literal["joint", "sequential"] = Field(
         "joint", description="joint: train M0 on phase 1 + phase 2; sequential: continue from M1."
     )
     decontam_ngram: int = Field(
-        13, ge=1, description="Drop training problems sharing an n-gram of this many words with a "
-        "benchmark problem."
+        13,
+        ge=1,
+        description="Drop training problems sharing an n-gram of this many words with a "
+        "benchmark problem.",
+    )
+    marker_multi_turn: str = Field(
+        "[multi-turn long CoT]", description="Marker of phase-1 (multi-turn dialogue) samples."
+    )
+    marker_rejection: str = Field(
+        "[rejection sampled]", description="Marker of phase-2 (rejection-sampled) samples."
     )
 
 
 class TrainerSettings(BaseModel):
-    """trainer-svc: supervised fine-tuning."""
+    """trainer-svc: supervised fine-tuning with TRL's SFTTrainer.
+
+    The defaults are the full fine-tuning setting for a 7B model on one 8-GPU host: learning rate
+    1e-5, 3 epochs, cosine schedule with 10% warm-up, global batch 8 GPUs x 1 x 16 = 128
+    sequences, 4096 tokens, bf16, gradient checkpointing. ``preset: cpu-tiny`` swaps in values
+    that finish in seconds on a laptop CPU with the embedded 135M model; a field set explicitly
+    (keyword, environment or YAML) always wins over the preset.
+    """
 
     port: int = Field(8104, description="HTTP port of the status app.")
+    preset: Literal["paper", "cpu-tiny"] = Field(
+        "paper", description="paper: the 7B GPU defaults below; cpu-tiny: a few short CPU steps."
+    )
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
     epochs: float = Field(3.0, gt=0, description="Passes over the shard.")
+    max_steps: int = Field(-1, description="Stop after this many updates (-1: run all epochs).")
     per_device_batch_size: int = Field(1, ge=1, description="Sequences per device per step.")
     gradient_accumulation_steps: int = Field(16, ge=1, description="Steps accumulated per update.")
     max_length: int = Field(4096, ge=16, description="Longest training sequence in tokens.")
-    packing: bool = Field(False, description="Pack several samples into one sequence.")
+    packing: bool = Field(
+        False,
+        description="Pack several samples into one sequence (TRL best-fit decreasing, "
+        "padding-free: no compute is spent on padding).",
+    )
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of updates spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    bf16: bool = Field(True, description="bf16 mixed precision (GPU); off on CPU.")
+    gradient_checkpointing: bool = Field(True, description="Trade compute for activation memory.")
+    save_steps: int = Field(100, ge=1, description="Save a resumable checkpoint every N updates.")
+    save_total_limit: int = Field(2, ge=1, description="Resumable checkpoints kept per shard.")
+    logging_steps: int = Field(10, ge=1, description="Log loss and tokens/s every N updates.")
+    seed: int = Field(42, description="Seed of data order and initialisation of LoRA weights.")
     lora: bool = Field(False, description="Train a LoRA adapter instead of all weights.")
+    lora_r: int = Field(64, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(128, ge=1, description="LoRA scaling numerator (alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | str = Field(
+        "all-linear", description="Modules that get adapters: a list of names or 'all-linear'."
+    )
+    merge_lora: bool = Field(
+        True,
+        description="Save LoRA merged into full weights (loadable as a plain model); "
+        "false saves the adapter with a reference to its base model.",
+    )
+    num_gpus: int = Field(
+        0,
+        ge=0,
+        description="GPUs per training job. More than one launches `accelerate launch` "
+        "with the config file below; 0 or 1 trains in the service process.",
+    )
+    accelerate_config: Path = Field(
+        Path("configs/accelerate/fsdp.yaml"),
+        description="accelerate config for multi-GPU (fsdp.yaml or deepspeed_zero3.yaml).",
+    )
+
+    @model_validator(mode="after")
+    def _apply_preset(self) -> TrainerSettings:
+        if self.preset == "cpu-tiny":
+            for name, value in CPU_TINY.items():
+                if name not in self.model_fields_set:
+                    setattr(self, name, value)
+        return self
+
+
+# The cpu-tiny preset: a handful of short updates that the embedded 135M model does in seconds.
+CPU_TINY: dict[str, object] = {
+    "learning_rate": 1e-4,
+    "epochs": 1.0,
+    "per_device_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "max_length": 512,
+    "packing": True,
+    "warmup_ratio": 0.0,
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "save_steps": 2,
+    "logging_steps": 1,
+}
 
 
 class EvalSettings(BaseModel):
@@ -169,6 +274,16 @@ class EvalSettings(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     max_new_tokens: int = Field(4096, ge=1, description="Token budget per answer.")
     limit: int = Field(0, ge=0, description="Problems per benchmark (0 = all).")
+    modes: list[Literal["base", "think-twice", "self-rewarding"]] = Field(
+        ["base"], description="Evaluation modes run on every checkpoint."
+    )
+    baseline_modes: list[Literal["base", "think-twice", "self-rewarding"]] = Field(
+        ["think-twice", "self-rewarding"],
+        description="Extra modes run on the run's base model only (the paper's baselines).",
+    )
+    seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
+    grade_timeout_s: float = Field(5.0, gt=0, description="Time limit for grading one answer.")
+    grade_workers: int = Field(1, ge=1, description="Grading worker processes.")
 
 
 class Settings(BaseSettings):

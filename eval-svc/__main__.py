@@ -1,0 +1,3 @@
+from eval_svc.app import main
+
+main()

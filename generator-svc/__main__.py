@@ -1,0 +1,3 @@
+from generator_svc.app import main
+
+main()

@@ -1,0 +1,3 @@
+from sampler_svc.app import main
+
+main()

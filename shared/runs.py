@@ -1,0 +1,158 @@
+"""Runs: submit one (problems into the database, phase-1 jobs onto the bus), and reconcile it.
+
+The database is the record of what a run should contain. The reconciler compares it with what
+was produced and re-publishes the work that was published but never finished (a broker that lost
+it, a crash between a write and a publish), so nothing is lost; the consumers' idempotent writes
+make a second copy harmless.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.bus import Publisher
+from shared.db import GenerationRow, Problem, Run, VerdictRow, insert_ignore
+from shared.messages import DIALOGUES, PROBLEMS, Dialogue, Generation, ProblemJob, SamplingParams
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """A problem to put into a run."""
+
+    id: str
+    question: str
+    gold: str
+    dataset: str = ""
+    source: str = ""
+
+
+def phase1_job(run_id: str, problem: Problem, settings: Settings, seed: int) -> ProblemJob:
+    gen = settings.generator
+    return ProblemJob(
+        run_id=run_id,
+        kind="dialogue",
+        problem_id=problem.problem_id,
+        job_id=f"{run_id}:{problem.problem_id}:p1",
+        phase=1,
+        question=problem.question,
+        gold=problem.gold,
+        dataset=problem.dataset,
+        model=gen.teacher_model,
+        params=SamplingParams(
+            n=1,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            max_new_tokens=gen.max_new_tokens,
+            seed=seed,
+        ),
+    )
+
+
+def submit_run(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    phase1: list[ProblemSpec],
+    phase2: list[ProblemSpec],
+    seed: int = 0,
+    run_id: str = "",
+) -> str:
+    """Record the run and its problems, then publish the phase-1 dialogue jobs."""
+    run_id = run_id or f"run-{uuid.uuid4().hex[:8]}"
+    rows = [
+        dict(
+            run_id=run_id,
+            problem_id=p.id,
+            phase=phase,
+            question=p.question,
+            gold=p.gold,
+            dataset=p.dataset,
+            source=p.source,
+        )
+        for phase, specs in ((1, phase1), (2, phase2))
+        for p in specs
+    ]
+    with sessions.begin() as session:
+        session.add(Run(id=run_id, config=settings.model_dump(mode="json"), seed=seed))
+        session.flush()
+        insert_ignore(session, Problem, rows)
+    republish_unfinished(settings, sessions, publisher, run_id)
+    return run_id
+
+
+def republish_unfinished(
+    settings: Settings, sessions: sessionmaker[Session], publisher: Publisher, run_id: str
+) -> dict[str, int]:
+    """Phase 1: publish the job of every problem without a generation, and the dialogue of every
+    generation without a verdict. Returns how many of each were published."""
+    with sessions() as session:
+        run = session.get(Run, run_id)
+        problems = session.scalars(
+            select(Problem).where(Problem.run_id == run_id, Problem.phase == 1)
+        ).all()
+        generated = set(
+            session.scalars(
+                select(GenerationRow.problem_id).where(
+                    GenerationRow.run_id == run_id, GenerationRow.phase == 1
+                )
+            )
+        )
+        verdicts = set(
+            session.scalars(
+                select(VerdictRow.problem_id).where(
+                    VerdictRow.run_id == run_id, VerdictRow.phase == 1
+                )
+            )
+        )
+    jobs = [phase1_job(run_id, p, settings, run.seed) for p in problems]
+    missing = [job for job in jobs if job.problem_id not in generated]
+    unverified = [job for job in jobs if job.problem_id in generated - verdicts]
+    for job in missing:
+        publisher.publish(PROBLEMS, job)
+    for dialogue in stored_dialogues(sessions, unverified).values():
+        publisher.publish(DIALOGUES, dialogue)
+    return {"jobs": len(missing), "dialogues": len(unverified)}
+
+
+def stored_dialogues(
+    sessions: sessionmaker[Session], jobs: list[ProblemJob]
+) -> dict[str, Dialogue]:
+    """Dialogues of the jobs whose generations are already in the database, by job id."""
+    by_id = {job.job_id: job for job in jobs}
+    with sessions() as session:
+        rows = session.scalars(
+            select(GenerationRow)
+            .where(GenerationRow.job_id.in_(by_id))
+            .order_by(GenerationRow.job_id, GenerationRow.id)
+        ).all()
+    grouped: dict[str, list[GenerationRow]] = defaultdict(list)
+    for row in rows:
+        if row.run_id == by_id[row.job_id].run_id:
+            grouped[row.job_id].append(row)
+    return {job_id: _dialogue(by_id[job_id], rs) for job_id, rs in grouped.items()}
+
+
+def _dialogue(job: ProblemJob, rows: list[GenerationRow]) -> Dialogue:
+    first = rows[0]
+    return Dialogue(
+        run_id=job.run_id,
+        problem_id=job.problem_id,
+        job_id=job.job_id,
+        phase=job.phase,
+        round=job.round,
+        gold=job.gold,
+        dataset=job.dataset,
+        model=first.model,
+        prompt_version=first.prompt_version,
+        params=job.params,
+        samples=[
+            Generation(sample_id=r.sample_id, turns=r.turns, tokens=r.tokens, seed=r.seed)
+            for r in rows
+        ],
+    )

@@ -1,0 +1,3 @@
+from trainer_svc.app import main
+
+main()

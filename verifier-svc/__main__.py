@@ -1,0 +1,3 @@
+from verifier_svc.app import main
+
+main()
