@@ -31,5 +31,5 @@ def main() -> None:
         settings.common, PROBLEMS, "generator", ProblemJob, handle, publisher,
         batch_size=settings.inference.batch_size,
     )  # fmt: skip
-    run_service("generator-svc", settings, settings.generator.port, engine, publisher, consumer,
+    run_service("generator-svc", settings, settings.generator.port, engine, publisher, [consumer],
                 stats.as_dict)  # fmt: skip

@@ -15,13 +15,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared.inference import Backend
+from prometheus_client import Counter
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import GenerationRow, insert_ignore
+from shared.inference import Backend
 from shared.messages import DIALOGUES, Dialogue, Generation, ProblemJob, SamplingParams
 from shared.prompts import Prompts, question_conversation
 from shared.runs import stored_dialogues
+
+TOKENS_GENERATED = Counter("dualphase_generated_tokens", "Completion tokens generated.")
 
 # Seeds of turn t of a dialogue are params.seed + t * TURN_SEED_STRIDE, so turns never share one.
 TURN_SEED_STRIDE = 1_000_003
@@ -140,7 +143,9 @@ def handle_jobs(
         samples = [j for j in group if j.kind == "sample"]
         gens = run_dialogues(backend, prompts, dialogues) + run_samples(backend, prompts, samples)
         stats.generate_seconds += time.perf_counter() - start
-        stats.tokens += sum(sum(g.tokens) for gs in gens for g in gs)
+        tokens = sum(sum(g.tokens) for gs in gens for g in gs)
+        stats.tokens += tokens
+        TOKENS_GENERATED.inc(tokens)
         with sessions.begin() as session:
             for job, job_gens in zip(dialogues + samples, gens, strict=True):
                 insert_ignore(

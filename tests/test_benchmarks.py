@@ -1,0 +1,143 @@
+"""Benchmark loaders over the real files in ../shared/datasets, TabMWP from a file built here,
+the MATH training pool without the MATH500 problems, and errors that name file, line, field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.benchmarks import (
+    BenchmarkFormatError,
+    BenchmarkProblem,
+    load_benchmark,
+    load_training_pool,
+)
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+BENCHMARKS = DATASETS / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "first_gold"),
+    [
+        ("gsm8k", 1319, "18"),
+        ("math500", 500, "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("aime24", 30, "204"),
+        ("amc23", 40, "27"),
+        ("svamp", 1000, "145"),
+        ("gaokao2023en", 385, "\\{x|-2\\leq x < 1\\}"),
+    ],
+)
+def test_each_benchmark_loads_with_its_gold_format(name: str, rows: int, first_gold: str) -> None:
+    problems = load_benchmark(name, BENCHMARKS)
+    assert len(problems) == rows
+    assert problems[0].gold == first_gold
+    assert all(p.dataset == name and p.question for p in problems)
+    assert len({p.id for p in problems}) == rows
+
+
+def test_gold_formats_are_normalised_as_a_model_writes_them() -> None:
+    aime = {p.id: p.gold for p in load_benchmark("aime24", BENCHMARKS / "aime24" / "test.jsonl")}
+    assert "025" not in aime.values() and aime["67"] == "25"  # raw "025"
+    svamp = load_benchmark("svamp", BENCHMARKS, limit=3)
+    assert svamp[0].question == (
+        "There are 87 oranges and 290 bananas in Philip's collection. "
+        "If the bananas are organized into 2 groups and oranges are "
+        "organized into 93 groups. How big is each group of bananas?"
+    )
+    assert len(svamp) == 3
+
+
+def test_tabmwp_builds_the_table_prompt(tmp_path: Path) -> None:
+    rows = [
+        {
+            "pid": "7",
+            "table_title": "Coins",
+            "table": "Name | Coins\nAna | 1,200\nBo | 30",
+            "question": "How many coins in all?",
+            "choices": None,
+            "answer": "1,230",
+            "ans_type": "integer_number",
+        },
+        {
+            "pid": "8",
+            "table_title": "",
+            "table": "Day | Rain\nMon | yes",
+            "question": "Did it rain on Monday?",
+            "choices": ["yes", "no"],
+            "answer": "yes",
+            "ans_type": "extractive_text",
+        },
+    ]
+    file = tmp_path / "test.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    coins, rain = load_benchmark("tabmwp", file)
+    assert coins == BenchmarkProblem(
+        id="7",
+        dataset="tabmwp",
+        gold="1230",
+        question='Read the following table regarding "Coins" and answer a question:\n'
+        "Name | Coins\nAna | 1,200\nBo | 30\nHow many coins in all?",
+    )
+    assert rain.question.startswith("Read the following table and answer a question:\n")
+    assert rain.question.endswith("Please select from the following options: ['yes', 'no']")
+    assert rain.gold == "yes"
+
+
+def test_training_pool_excludes_math500_problems() -> None:
+    pool = load_training_pool(
+        DATASETS / "train" / "math_test_full.jsonl",
+        exclude=[p.question for p in load_benchmark("math500", BENCHMARKS)],
+    )
+    assert len(pool) == 4500
+    assert pool[0].gold == "2" and pool[0].dataset == "math"
+    math500 = {" ".join(p.question.split()) for p in load_benchmark("math500", BENCHMARKS)}
+    assert not any(" ".join(p.question.split()) in math500 for p in pool)
+
+
+def test_training_pool_gold_is_the_last_boxed_answer(tmp_path: Path) -> None:
+    file = tmp_path / "pool.jsonl"
+    solution = "First \\boxed{1}. Correcting: $\\boxed{\\frac{1}{2}}$."
+    file.write_text(json.dumps({"problem": "P", "solution": solution, "idx": 3}) + "\n")
+    assert load_training_pool(file, exclude=[]) == [
+        BenchmarkProblem(id="math-3", question="P", gold="\\frac{1}{2}", dataset="math")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "message"),
+    [
+        ("gsm8k", '{"question": "q", "answer": "no marker"}', "field 'answer' has no '#### "),
+        ("math500", '{"problem": "q"}', "field 'answer' is missing"),
+        ("svamp", '{"Body": "b", "Answer": 1.0}', "field 'Question' is missing"),
+        ("aime24", '{"problem": "q", "answer": null}', "field 'answer' is missing"),
+        ("tabmwp", '{"table": "t", "question": "q", "answer": "1"}', "field 'ans_type' is missing"),
+        ("amc23", "{not json", "not valid JSON"),
+    ],
+)
+def test_a_bad_line_names_file_line_and_field(
+    tmp_path: Path, name: str, line: str, message: str
+) -> None:
+    file = tmp_path / "test.jsonl"
+    file.write_text(
+        '{"question": "ok", "problem": "ok", "answer": "#### 1", "Body": "b", '
+        '"Question": "q", "Answer": 1, "table": "t", "ans_type": "x"}\n' + line + "\n"
+    )
+    with pytest.raises(BenchmarkFormatError, match=rf"{file}:2: .*{message}"):
+        load_benchmark(name, file)
+
+
+def test_training_pool_bad_line_names_the_field(tmp_path: Path) -> None:
+    file = tmp_path / "pool.jsonl"
+    file.write_text(json.dumps({"problem": "P", "solution": "no box"}) + "\n")
+    with pytest.raises(BenchmarkFormatError, match=rf"{file}:1: .*field 'solution' has no"):
+        load_training_pool(file, exclude=[])
+
+
+def test_unknown_benchmark_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown benchmark 'mmlu'"):
+        load_benchmark("mmlu", tmp_path)
+    with pytest.raises(FileNotFoundError, match="gsm8k: no test.jsonl"):
+        load_benchmark("gsm8k", tmp_path)

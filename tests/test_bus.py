@@ -1,0 +1,293 @@
+"""The bus against the real Tansu broker and real databases (SQLite and PostgreSQL).
+
+Proves the delivery contract of DESIGN.md: at-least-once with idempotent writes, a DLQ for what
+cannot be processed, retries that lose nothing, and crash/stop behaviour of a consumer process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from bus_worker import problem_writer
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from shared.bus import (
+    Consumer,
+    PermanentError,
+    Publisher,
+    RetryableError,
+    ensure_topics,
+    topic_name,
+)
+from shared.db import Problem, Run, make_engine, make_sessionmaker, transaction
+from shared.messages import PROBLEMS, DeadLetter, Message, ProblemJob
+from shared.settings import CommonSettings
+
+WORKER = Path(__file__).with_name("bus_worker.py")
+TIMEOUT_S = 60.0  # hang guard only: every wait normally ends in seconds
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def new_run(db_url: str) -> str:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    with transaction(make_sessionmaker(make_engine(db_url))) as session:
+        session.add(Run(id=run_id, config={}))
+    return run_id
+
+
+def jobs(run_id: str, n: int) -> list[ProblemJob]:
+    return [
+        ProblemJob(
+            run_id=run_id, kind="dialogue", problem_id=f"p{i}", job_id=f"{run_id}-p{i}-0",
+            phase=1, question=f"What is {i} + {i}?", gold=str(2 * i),
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def problem_ids(db_url: str, run_id: str) -> list[str]:
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Problem.problem_id).where(Problem.run_id == run_id)).all()
+    engine.dispose()
+    return [r[0] for r in rows]
+
+
+@contextmanager
+def running(consumer: Consumer) -> Iterator[Consumer]:
+    """Run a consumer in a thread for the duration of the block."""
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+        thread.join(TIMEOUT_S)
+        assert not thread.is_alive(), "consumer did not stop"
+
+
+def committed_total(common: CommonSettings, group: str) -> int:
+    """Sum of the group's committed offsets over the topic's partitions."""
+    probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, group_id=group,
+                          enable_auto_commit=False)  # fmt: skip
+    topic = topic_name(common, PROBLEMS)
+    offsets = [probe.committed(TopicPartition(topic, p)) for p in range(common.partitions)]
+    probe.close()
+    return sum(o or 0 for o in offsets)
+
+
+def read_topic(common: CommonSettings, topic: str, count: int) -> list[bytes]:
+    """The first `count` values of a topic, read without a consumer group."""
+    reader = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in range(common.partitions)]
+    reader.assign(partitions)
+    reader.seek_to_beginning(*partitions)
+    values: list[bytes] = []
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(values) < count and time.monotonic() < deadline:
+        for records in reader.poll(timeout_ms=500).values():
+            values += [r.value for r in records]
+    reader.close()
+    return values
+
+
+@pytest.fixture
+def publisher(common: CommonSettings) -> Iterator[Publisher]:
+    ensure_topics(common, [PROBLEMS])
+    publisher = Publisher(common)
+    yield publisher
+    publisher.close()
+
+
+def test_round_trip_writes_every_message_once(
+    common: CommonSettings, publisher: Publisher, db_url: str
+) -> None:
+    run_id = new_run(db_url)
+    publisher.publish_many(PROBLEMS, list(jobs(run_id, 20)))
+    consumer = Consumer(common, PROBLEMS, "writers", ProblemJob, problem_writer(db_url), publisher)
+    with running(consumer):
+        wait_for(lambda: consumer.status()["processed"] == 20, "20 messages processed")
+        wait_for(lambda: consumer.status()["lag_total"] == 0, "lag 0")
+        status = consumer.status()
+    assert sorted(problem_ids(db_url, run_id)) == sorted(f"p{i}" for i in range(20))
+    assert status["dlq"] == status["retries"] == 0
+    assert status["assigned_partitions"] == [0, 1]
+    topic = topic_name(common, PROBLEMS)
+    assert REGISTRY.get_sample_value("dualphase_messages_in_total", {"topic": topic}) == 20
+    assert committed_total(common, "writers") == 20
+
+
+def test_redelivered_message_leaves_one_row(
+    common: CommonSettings, publisher: Publisher, db_url: str
+) -> None:
+    run_id = new_run(db_url)
+    first, second = jobs(run_id, 2)
+    for job in (first, first, second, first):
+        publisher.publish(PROBLEMS, job)
+    consumer = Consumer(common, PROBLEMS, "writers", ProblemJob, problem_writer(db_url), publisher)
+    with running(consumer):
+        wait_for(lambda: consumer.status()["processed"] == 4, "4 deliveries processed")
+    assert sorted(problem_ids(db_url, run_id)) == ["p0", "p1"]
+
+
+def test_malformed_and_poison_messages_go_to_dlq_and_consumer_goes_on(
+    common: CommonSettings, db_url: str
+) -> None:
+    common = common.model_copy(update={"partitions": 1})  # one partition: order is the test
+    ensure_topics(common, [PROBLEMS])
+    publisher = Publisher(common)
+    run_id = new_run(db_url)
+    good, poison, last = jobs(run_id, 3)
+    missing_field = json.loads(good.to_bytes())
+    del missing_field["problem_id"]
+    bad = [b'{"run_id": "r", "kind": ', json.dumps(missing_field).encode()]
+    topic = topic_name(common, PROBLEMS)
+    publisher.publish(PROBLEMS, good)
+    for value in bad:
+        publisher.send(topic, "bad", value)
+    publisher.publish(PROBLEMS, poison)
+    publisher.publish(PROBLEMS, last)
+
+    write = problem_writer(db_url)
+
+    def handler(job: Message) -> None:
+        if job == poison:
+            raise PermanentError("question is not a math problem")
+        write(job)
+
+    consumer = Consumer(common, PROBLEMS, "writers", ProblemJob, handler, publisher)
+    with running(consumer):
+        wait_for(lambda: consumer.status()["processed"] == 2, "the two good messages")
+        status = consumer.status()
+    publisher.close()
+    assert status["dlq"] == 3
+    assert sorted(problem_ids(db_url, run_id)) == ["p0", "p2"]
+
+    letters = [DeadLetter.model_validate_json(v) for v in read_topic(common, f"{topic}.dlq", 3)]
+    assert [(d.topic, d.partition, d.offset) for d in letters] == [(topic, 0, o) for o in (1, 2, 3)]
+    assert [base64.b64decode(d.value_b64) for d in letters] == [*bad, poison.to_bytes()]
+    assert "Invalid JSON" in letters[0].error
+    assert "problem_id" in letters[1].error and "Field required" in letters[1].error
+    assert letters[2].error == "PermanentError: question is not a math problem"
+    assert letters[2].key == "p1"
+    assert REGISTRY.get_sample_value("dualphase_dlq_total", {"topic": topic}) == 3
+    errors = {k: REGISTRY.get_sample_value("dualphase_errors_total", {"topic": topic, "kind": k})
+              for k in ("parse", "permanent")}  # fmt: skip
+    assert errors == {"parse": 2, "permanent": 1}
+
+
+def test_retryable_errors_back_off_and_lose_nothing(
+    common: CommonSettings, publisher: Publisher, db_url: str
+) -> None:
+    run_id = new_run(db_url)
+    publisher.publish_many(PROBLEMS, list(jobs(run_id, 10)))
+    write = problem_writer(db_url)
+    failures = [RetryableError("db down"), RetryableError("db down"),
+                OperationalError("INSERT", {}, Exception("connection refused"))]  # fmt: skip
+
+    def flaky(job: Message) -> None:
+        if job.key() == "p3" and failures:
+            raise failures.pop(0)
+        write(job)
+
+    consumer = Consumer(common, PROBLEMS, "writers", ProblemJob, flaky, publisher)
+    with running(consumer):
+        wait_for(lambda: consumer.status()["processed"] == 10, "10 messages processed")
+        status = consumer.status()
+    assert sorted(problem_ids(db_url, run_id)) == sorted(f"p{i}" for i in range(10))
+    assert (status["retries"], status["dlq"]) == (3, 0)
+    assert committed_total(common, "writers") == 10
+
+
+def test_stop_during_back_off_commits_nothing(common: CommonSettings, publisher: Publisher) -> None:
+    common = common.model_copy(update={"retry_backoff_s": 60.0})
+    publisher.publish(PROBLEMS, jobs("run", 1)[0])
+    attempts: list[Message] = []
+
+    def broken(job: Message) -> None:
+        attempts.append(job)
+        raise RetryableError("broker for downstream topic is down")
+
+    consumer = Consumer(common, PROBLEMS, "workers", ProblemJob, broken, publisher)
+    with running(consumer):
+        wait_for(lambda: len(attempts) == 1, "first attempt")
+    assert committed_total(common, "workers") == 0  # so the next member gets the message again
+    seen: list[Message] = []
+    consumer = Consumer(common, PROBLEMS, "workers", ProblemJob, seen.append, publisher)
+    with running(consumer):
+        wait_for(lambda: len(seen) == 1, "redelivery to a new consumer")
+    assert seen == attempts
+
+
+def start_worker(
+    common: CommonSettings, db_url: str, folder: Path, delay_s: float
+) -> subprocess.Popen[bytes]:
+    """A bus_worker.py process; deliveries and log go to files in `folder`."""
+    command = [sys.executable, str(WORKER), common.kafka_bootstrap, common.topic_prefix,
+               "workers", db_url, str(folder / "deliveries.txt"), str(delay_s)]  # fmt: skip
+    with (folder / "worker.log").open("ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_worker(worker: subprocess.Popen[bytes], folder: Path, sig: int = signal.SIGTERM) -> None:
+    """Signal the worker and wait; it must exit 0 (its log is the failure message)."""
+    worker.send_signal(sig)
+    worker.wait(TIMEOUT_S)
+    assert worker.returncode == 0, (folder / "worker.log").read_text()[-3000:]
+
+
+def test_consumer_killed_mid_stream_loses_nothing_after_restart(
+    common: CommonSettings, publisher: Publisher, db_url: str, tmp_path: Path
+) -> None:
+    run_id = new_run(db_url)
+    publisher.publish_many(PROBLEMS, list(jobs(run_id, 30)))
+    worker = start_worker(common, db_url, tmp_path, delay_s=0.1)
+    wait_for(lambda: len(problem_ids(db_url, run_id)) >= 8, "8 rows from the first worker")
+    worker.kill()
+    worker.wait()
+    written_before = len(problem_ids(db_url, run_id))
+    assert written_before < 30, "the worker finished before the kill: the test proves nothing"
+
+    worker = start_worker(common, db_url, tmp_path, delay_s=0.0)
+    try:
+        wait_for(lambda: committed_total(common, "workers") == 30, "all 30 offsets committed")
+    finally:
+        stop_worker(worker, tmp_path)
+    ids = problem_ids(db_url, run_id)
+    assert sorted(ids) == sorted(f"p{i}" for i in range(30))
+    delivered = (tmp_path / "deliveries.txt").read_text().split()
+    assert set(delivered) == set(ids)  # redeliveries (len(delivered) > 30) changed nothing
+
+
+def test_sigterm_finishes_message_in_hand_commits_and_exits_0(
+    common: CommonSettings, publisher: Publisher, db_url: str, tmp_path: Path
+) -> None:
+    run_id = new_run(db_url)
+    publisher.publish_many(PROBLEMS, list(jobs(run_id, 40)))
+    worker = start_worker(common, db_url, tmp_path, delay_s=0.2)
+    wait_for(lambda: len(problem_ids(db_url, run_id)) >= 5, "5 rows")
+    stop_worker(worker, tmp_path)
+    written = len(problem_ids(db_url, run_id))
+    assert written < 40, "the worker finished before SIGTERM: the test proves nothing"
+    assert committed_total(common, "workers") == written

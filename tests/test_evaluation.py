@@ -1,0 +1,315 @@
+"""Evaluation: statistics, the three modes on the real embedded model, eval-svc's handler and CLI.
+
+The model is the embedded SmolLM2-135M with tiny budgets (a few problems, 1-2 samples, 32-48
+tokens): these tests prove the plumbing and the bookkeeping, not the model's skill.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from eval_svc.handler import handle
+from shared.benchmarks import BenchmarkProblem, load_benchmark
+from shared.cli import app
+from shared.db import EvalResult, EvalSampleRow, Run, make_engine, make_sessionmaker, transaction
+from shared.evaluation import (
+    BASE_CHECKPOINT_ID,
+    CORRECT_PROMPT,
+    SYSTEM_PROMPT,
+    VERIFY_PROMPT,
+    evaluate,
+    evaluate_benchmark,
+    generate,
+    says_wrong,
+    summarise,
+)
+from shared.grading import Grader, extract_answer, is_equivalent
+from shared.inference import Backend, ChatResult, load_backend
+from shared.messages import CheckpointReady, SamplingParams
+from shared.model import resolve_model
+from shared.settings import CommonSettings, EvalSettings, InferenceConfig, Settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"
+ON_DISK = ["gsm8k", "math500", "aime24", "amc23", "svamp", "gaokao2023en"]
+TABMWP_ROW = {
+    "table_title": "Coins",
+    "table": "Name | Coins\nAda | 3\nBo | 5",
+    "question": "How many coins do Ada and Bo have in all?",
+    "choices": None,
+    "answer": "8",
+    "ans_type": "integer_number",
+    "pid": "t1",
+}
+
+
+def tiny_config(**update: object) -> EvalSettings:
+    return EvalSettings(**{"datasets_dir": DATASETS, "samples": 2, "max_new_tokens": 48, **update})
+
+
+@pytest.fixture(scope="module")
+def backend() -> Backend:
+    return load_backend(InferenceConfig(batch_size=8, threads=1))
+
+
+@pytest.fixture(scope="module")
+def grader() -> Grader:
+    with Grader(timeout_s=5.0) as g:
+        yield g
+
+
+@dataclass
+class Recording:
+    """A real backend that records every chat call; optionally scripts the self-verdict turn."""
+
+    inner: Backend
+    verdicts: list[str] = field(default_factory=list)  # texts for the 2nd call, cycled
+    calls: list[tuple[list[list[dict[str, str]]], SamplingParams]] = field(default_factory=list)
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def chat(self, conversations: list, params: SamplingParams) -> list[ChatResult]:
+        self.calls.append((conversations, params))
+        results = self.inner.chat(conversations, params)
+        if self.verdicts and len(self.calls) == 2:
+            results = [
+                replace(
+                    r,
+                    completions=[
+                        replace(c, text=self.verdicts[i % len(self.verdicts)])
+                        for c in r.completions
+                    ],
+                )
+                for i, r in enumerate(results)
+            ]
+        return results
+
+
+def test_pass_at_1_is_the_mean_over_problems_with_a_normal_ci() -> None:
+    accuracy, ci95, mean_tokens, median_tokens = summarise(
+        [[True, False], [True, True], [False, False]], [10, 20, 30, 40, 50, 100]
+    )
+    assert accuracy == pytest.approx(0.5)
+    assert ci95 == pytest.approx(1.96 * 0.5 / math.sqrt(3))  # per-problem stdev is 0.5
+    assert (mean_tokens, median_tokens) == (pytest.approx(250 / 6), 35)
+    assert summarise([[True]], [7])[1] == 0.0  # one problem: no spread to measure
+
+
+def test_verdict_is_the_last_verify_tag() -> None:
+    assert says_wrong("step 2 is off. [VERIFY] wrong.")
+    assert not says_wrong("[VERIFY] wrong at first... no: [VERIFY] correct.")
+    assert not says_wrong("I think it is fine.")  # no verdict: the answer stands
+
+
+def test_unknown_mode_is_rejected_by_name(backend: Backend) -> None:
+    problem = BenchmarkProblem(id="1", question="1+1?", gold="2", dataset="gsm8k")
+    with pytest.raises(ValueError, match="'twice'"):
+        generate("twice", [problem], backend, SamplingParams())
+
+
+def test_embedded_model_evaluates_every_benchmark(
+    backend: Backend, grader: Grader, tmp_path: Path
+) -> None:
+    (tmp_path / "tabmwp.jsonl").write_text(json.dumps(TABMWP_ROW) + "\n")
+    benchmarks = {name: load_benchmark(name, DATASETS, limit=2) for name in ON_DISK}
+    benchmarks["tabmwp"] = load_benchmark("tabmwp", tmp_path / "tabmwp.jsonl")
+    config = tiny_config()
+    summaries = evaluate(config, backend, grader, benchmarks)
+
+    assert [(s.benchmark, s.mode) for s in summaries] == [(b, "base") for b in benchmarks]
+    for summary, problems in zip(summaries, benchmarks.values(), strict=True):
+        gold = {p.id: p.gold for p in problems}
+        assert summary.problems == len(problems) and summary.samples == 2
+        assert sorted((r.problem_id, r.sample) for r in summary.results) == sorted(
+            (p.id, i) for p in problems for i in range(2)
+        )
+        for r in summary.results:
+            assert len(r.turns) == 1 and 0 < r.tokens <= config.max_new_tokens
+            assert r.extracted == extract_answer(r.turns[0])
+            right = bool(r.extracted) and is_equivalent(r.extracted, gold[r.problem_id])
+            assert r.correct == right
+        by_problem = [
+            [r.correct for r in summary.results if r.problem_id == p.id] for p in problems
+        ]
+        assert summary.accuracy == pytest.approx(
+            sum(sum(c) / len(c) for c in by_problem) / len(problems)
+        )
+        assert summary.mean_tokens == pytest.approx(
+            sum(r.tokens for r in summary.results) / len(summary.results)
+        )
+
+
+def test_a_right_answer_is_graded_right(backend: Backend, grader: Grader) -> None:
+    # The gold is whatever the model answers, so grading must say right for every sample.
+    problem = BenchmarkProblem(id="p", question="What is 2 + 3?", gold="", dataset="gsm8k")
+    first = generate("base", [problem], backend, SamplingParams(n=1, max_new_tokens=48))[0]
+    answer = extract_answer(first.turns[0])
+    assert answer, first.turns[0]
+    config = tiny_config(samples=1, temperature=0.7)  # generate() above used the same params
+    summary = evaluate_benchmark(
+        config, backend, grader, "own-answer", [problem.model_copy(update={"gold": answer})], "base"
+    )
+    assert summary.results[0].turns == first.turns
+    assert summary.accuracy == 1.0
+
+
+def test_think_twice_re_asks_with_the_first_answer_in_one_batched_call(
+    backend: Backend, grader: Grader
+) -> None:
+    recording = Recording(backend)
+    problems = load_benchmark("gsm8k", DATASETS, limit=2)
+    summary = evaluate_benchmark(tiny_config(), recording, grader, "gsm8k", problems, "think-twice")
+
+    assert len(recording.calls) == 2  # one call per round, all problems and samples together
+    second_round, params = recording.calls[1]
+    assert params.n == 1 and len(second_round) == 4
+    for r, conversation in zip(summary.results, second_round, strict=True):
+        question = next(p.question for p in problems if p.id == r.problem_id)
+        assert conversation[0] == {"role": "system", "content": SYSTEM_PROMPT}
+        assert conversation[1]["content"].startswith(question)
+        assert f"<answer>{extract_answer(r.turns[0])}</answer>" in conversation[1]["content"]
+        assert len(r.turns) == 2 and r.final() == r.turns[1]
+        assert r.extracted == extract_answer(r.turns[1])
+
+
+def test_self_rewarding_corrects_only_the_samples_judged_wrong(
+    backend: Backend, grader: Grader
+) -> None:
+    # The 135M model rarely writes a verdict tag, so the verdict turn's text is scripted; the
+    # first answers and the corrections are the model's own.
+    recording = Recording(backend, verdicts=["Step 1 is off. [VERIFY] wrong.", "[VERIFY] correct."])
+    problems = load_benchmark("svamp", DATASETS, limit=2)
+    summary = evaluate_benchmark(
+        tiny_config(), recording, grader, "svamp", problems, "self-rewarding"
+    )
+
+    assert len(recording.calls) == 3
+    verify_round, corrections = recording.calls[1][0], recording.calls[2][0]
+    assert all(c[-1] == {"role": "user", "content": VERIFY_PROMPT} for c in verify_round)
+    judged_wrong = [r for r in summary.results if says_wrong(r.turns[1])]
+    assert len(corrections) == len(judged_wrong) == 2
+    for conversation, r in zip(corrections, judged_wrong, strict=True):
+        assert conversation[-2] == {"role": "assistant", "content": r.turns[1]}
+        assert conversation[-1] == {"role": "user", "content": CORRECT_PROMPT}
+    for r in summary.results:
+        corrected = says_wrong(r.turns[1])
+        assert len(r.turns) == (3 if corrected else 2)
+        assert r.final() == (r.turns[2] if corrected else r.turns[0])
+        assert r.extracted == extract_answer(r.final())
+
+
+def test_eval_svc_stores_checkpoint_and_base_results_once(pg_url: str) -> None:
+    run_id = f"eval-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        common=CommonSettings(database_url=pg_url),
+        inference=InferenceConfig(batch_size=8, threads=1),
+        eval=EvalSettings(
+            datasets_dir=DATASETS,
+            benchmarks=["gsm8k"],
+            limit=2,
+            samples=1,
+            max_new_tokens=32,
+            baseline_modes=["think-twice"],
+        ),
+    )
+    engine = make_engine(pg_url)
+    sessions = make_sessionmaker(engine)
+    with transaction(sessions) as session:
+        session.add(Run(id=run_id, config=settings.model_dump(mode="json")))
+    # The "trained" checkpoint is the embedded model's folder: any model folder will do.
+    path = resolve_model("embedded", settings.inference)
+    msg = CheckpointReady(run_id=run_id, checkpoint_id=f"{run_id}-m1", stage="M1", path=path)
+
+    summaries = handle(msg, settings, sessions)
+    assert [(s.benchmark, s.mode) for s in summaries] == [
+        ("gsm8k", "base"),
+        ("gsm8k", "think-twice"),
+        ("gsm8k", "base"),
+    ]
+    with sessions() as session:
+        results = session.scalars(select(EvalResult).where(EvalResult.run_id == run_id)).all()
+        assert sorted((r.checkpoint_id, r.mode) for r in results) == sorted(
+            [
+                (BASE_CHECKPOINT_ID, "base"),
+                (BASE_CHECKPOINT_ID, "think-twice"),
+                (msg.checkpoint_id, "base"),
+            ]
+        )
+        for r in results:
+            rows = session.scalars(
+                select(EvalSampleRow).where(
+                    EvalSampleRow.run_id == run_id,
+                    EvalSampleRow.checkpoint_id == r.checkpoint_id,
+                    EvalSampleRow.mode == r.mode,
+                )
+            ).all()
+            assert (r.problems, r.samples, len(rows)) == (2, 1, 2)
+            assert r.accuracy == pytest.approx(sum(x.correct for x in rows) / 2)
+            assert r.mean_tokens == pytest.approx(sum(x.tokens for x in rows) / 2)
+            assert all(len(x.turns) == (2 if r.mode == "think-twice" else 1) for x in rows)
+
+    # A redelivered message finds everything done: no model is loaded, nothing is written.
+    assert handle(msg, settings, sessions) == []
+    with sessions() as session:
+        count = (
+            select(func.count()).select_from(EvalSampleRow).where(EvalSampleRow.run_id == run_id)
+        )
+        assert session.scalar(count) == 6
+    engine.dispose()
+
+
+def test_eval_command_prints_the_table_and_writes_a_report(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--benchmarks",
+            "gsm8k,amc23",
+            "--limit",
+            "1",
+            "--samples",
+            "1",
+            "--max-new-tokens",
+            "32",
+            "--datasets-dir",
+            str(DATASETS),
+            "--report-dir",
+            str(tmp_path / "report"),
+        ],
+        env={"COLUMNS": "200", "DUALPHASE_INFERENCE__THREADS": "1"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "pass@1" in result.output
+    assert "gsm8k" in result.output and "amc23" in result.output
+    assert (tmp_path / "report" / "report.html").is_file()
+
+
+def test_eval_command_names_a_missing_benchmark_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--benchmarks",
+            "tabmwp",
+            "--limit",
+            "1",
+            "--datasets-dir",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "tabmwp" in str(result.exception) and str(tmp_path) in str(result.exception)

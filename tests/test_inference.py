@@ -1,0 +1,272 @@
+"""Inference backends generating real text with the embedded SmolLM2-135M-Instruct model.
+
+transformers runs in-process; openai runs against a real `transformers serve` process serving the
+prepared embedded folder; vLLM runs only where it is importable with a GPU. The retry and error
+paths of the openai backend are driven by a scripted local HTTP server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from a hub in tests
+
+import httpx
+import pytest
+
+from shared.inference import Backend, ChatResult, load_backend
+from shared.inference_openai import OpenAIError
+from shared.messages import SamplingParams
+from shared.model import EMBEDDED_NAME, prepare_embedded_model, resolve_model
+from shared.settings import InferenceConfig
+
+ADD = [{"role": "user", "content": "What is 2+3?"}]
+HI = [{"role": "user", "content": "Hi"}]
+STORY = [{"role": "user", "content": "Write a short story about a cat on a boat."}]
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def cfg() -> InferenceConfig:
+    # 2 rows per generate call: several batches per chat. One thread: the test machine is shared,
+    # and torch threads competing with other processes for the cores run several times slower.
+    return InferenceConfig(batch_size=2, threads=1)
+
+
+@pytest.fixture(scope="module")
+def embedded(cfg: InferenceConfig) -> Path:
+    return prepare_embedded_model(cfg.model_cache_dir)
+
+
+@pytest.fixture(scope="module")
+def local(cfg: InferenceConfig, embedded: Path) -> Backend:
+    return load_backend(cfg)
+
+
+def texts(results: list[ChatResult]) -> list[list[str]]:
+    return [[c.text for c in r.completions] for r in results]
+
+
+def test_embedded_model_is_prepared_once_and_reused(cfg: InferenceConfig, embedded: Path) -> None:
+    weights = embedded / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert prepare_embedded_model(cfg.model_cache_dir) == embedded
+    assert weights.stat().st_mtime_ns == before  # not converted again
+    assert {"config.json", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in embedded.iterdir()
+    }
+    assert resolve_model("embedded", cfg) == str(embedded)
+    assert resolve_model("Qwen/Qwen2.5-7B-Instruct", cfg) == "Qwen/Qwen2.5-7B-Instruct"
+
+
+@pytest.mark.slow
+def test_concurrent_preparations_leave_one_complete_folder(tmp_path: Path) -> None:
+    # Two processes, as two services starting at once would be.
+    code = "import sys; from pathlib import Path; from shared.model import prepare_embedded_model;"
+    code += "print(prepare_embedded_model(Path(sys.argv[1])))"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0].decode().strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs == [str(tmp_path / EMBEDDED_NAME)] * 2
+    assert [p.name for p in tmp_path.iterdir()] == [EMBEDDED_NAME]  # no temporary folder left
+    assert (tmp_path / EMBEDDED_NAME / "model.safetensors").is_file()
+
+
+def test_transformers_backend_answers_every_conversation_and_sample(local: Backend) -> None:
+    results = local.chat([ADD, HI, STORY], GREEDY.model_copy(update={"n": 2}))
+    assert len(results) == 3 and all(len(r.completions) == 2 for r in results)
+    assert "5" in results[0].completions[0].text
+    for result in results:
+        assert result.model_id.startswith(f"{EMBEDDED_NAME}@sha256:")
+        for completion in result.completions:
+            assert completion.text.strip()
+            assert 1 <= completion.tokens <= 16
+    assert results[2].completions[0].finish_reason == "length"  # a story needs more than 16
+    assert results[1].completions[0].finish_reason == "stop"  # a greeting ends by itself
+
+
+def test_batched_greedy_equals_one_conversation_at_a_time(local: Backend) -> None:
+    # Left padding and the attention mask must make batching invisible in the output.
+    batched = texts(local.chat([ADD, HI, STORY], GREEDY))
+    alone = [texts(local.chat([conv], GREEDY))[0] for conv in (ADD, HI, STORY)]
+    assert batched == alone
+
+
+def test_seeded_samples_are_reproducible_and_do_not_depend_on_batch(local: Backend) -> None:
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=7)
+    first = texts(local.chat([STORY, ADD], params))
+    assert texts(local.chat([STORY, ADD], params)) == first
+    assert texts(local.chat([STORY], params))[0] == first[0]  # other rows in the batch don't matter
+    assert len(set(first[0])) > 1  # seeds 7, 8, 9 give different stories
+    other_seed = texts(local.chat([STORY], params.model_copy(update={"seed": 100})))[0]
+    assert other_seed != first[0]
+
+
+def test_stop_string_cuts_text_and_finishes_with_stop(local: Backend) -> None:
+    [result] = local.chat([ADD], GREEDY.model_copy(update={"stop": ["="]}))
+    [completion] = result.completions
+    assert "=" not in completion.text and completion.text.strip()
+    assert completion.finish_reason == "stop"
+    assert completion.tokens < 16
+
+
+def test_token_budget_gives_exact_count_and_length_finish(local: Backend) -> None:
+    [result] = local.chat([STORY], GREEDY.model_copy(update={"max_new_tokens": 5}))
+    assert result.completions[0].tokens == 5
+    assert result.completions[0].finish_reason == "length"
+    assert local.count_tokens("Hello world") == 2
+
+
+# --- openai backend against a real `transformers serve` ----------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(cfg: InferenceConfig, embedded: Path) -> Iterator[InferenceConfig]:
+    port = free_port()
+    cli = Path(sys.executable).parent / "transformers"
+    cmd = [str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread, as in `cfg`
+    server = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 180
+    while True:
+        if server.poll() is not None:
+            pytest.fail(f"`{' '.join(cmd)}` exited: {server.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            server.kill()
+            pytest.fail(f"`{' '.join(cmd)}` not healthy after 180 s")
+        time.sleep(0.5)
+    yield cfg.model_copy(
+        update={"backend": "openai", "openai_base_url": f"http://127.0.0.1:{port}/v1"}
+    )
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_openai_backend_matches_in_process_greedy_text(served: InferenceConfig, local: Backend):
+    remote = load_backend(served)
+    results = remote.chat([ADD, HI], GREEDY)
+    assert texts(results) == [texts(local.chat([conv], GREEDY))[0] for conv in (ADD, HI)]
+    assert results[0].model_id == local.model_id  # same weights, same identity
+    assert all(r.completions[0].tokens >= 1 for r in results)
+    [stopped] = remote.chat([ADD], GREEDY.model_copy(update={"stop": ["="]}))
+    assert "=" not in stopped.completions[0].text
+    assert stopped.completions[0].finish_reason == "stop"
+
+
+def test_openai_backend_seeded_samples_are_reproducible(served: InferenceConfig) -> None:
+    # The server seeds torch globally per request, so only one request at a time is reproducible.
+    remote = load_backend(served.model_copy(update={"max_concurrency": 1}))
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=10, seed=3)
+    first = texts(remote.chat([STORY], params))
+    assert texts(remote.chat([STORY], params)) == first
+    assert first[0][0] != first[0][1]  # seeds 3 and 4 differ
+
+
+# --- openai backend retry and error paths, against a scripted local server -------------------
+
+
+def scripted_server(statuses: list[int]) -> tuple[ThreadingHTTPServer, list[int]]:
+    """A server answering each POST with the next status (the last one repeats)."""
+    seen: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status = statuses[min(len(seen), len(statuses) - 1)]
+            seen.append(status)
+            body = {"error": {"message": "model 'nope' does not exist"}}
+            if status == 200:
+                body = {
+                    "choices": [{"message": {"content": "42"}, "finish_reason": "stop"}],
+                    "usage": {"completion_tokens": 2},
+                }
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def scripted_backend(server: ThreadingHTTPServer, max_retries: int = 3) -> Backend:
+    cfg = InferenceConfig(
+        backend="openai",
+        model="nope",
+        openai_base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+        max_retries=max_retries,
+        retry_backoff_s=0.01,
+    )
+    return load_backend(cfg)
+
+
+def test_openai_backend_retries_429_and_5xx_then_succeeds() -> None:
+    server, seen = scripted_server([503, 429, 200])
+    [result] = scripted_backend(server).chat([ADD], GREEDY)
+    server.shutdown()
+    assert seen == [503, 429, 200]
+    assert result.completions[0].text == "42" and result.completions[0].tokens == 2
+
+
+def test_openai_backend_raises_clear_error_on_4xx_without_retrying() -> None:
+    server, seen = scripted_server([404])
+    with pytest.raises(OpenAIError, match=r"HTTP 404: .*model 'nope' does not exist"):
+        scripted_backend(server).chat([ADD], GREEDY)
+    server.shutdown()
+    assert seen == [404]
+
+
+def test_openai_backend_gives_up_after_max_retries() -> None:
+    server, seen = scripted_server([500])
+    with pytest.raises(OpenAIError, match=r"after 3 attempts; last error: HTTP 500"):
+        scripted_backend(server, max_retries=2).chat([ADD], GREEDY)
+    server.shutdown()
+    assert seen == [500, 500, 500]
+
+
+# --- vLLM ----------------------------------------------------------------------------------------
+
+
+def test_vllm_backend_generates_text(cfg: InferenceConfig, embedded: Path) -> None:
+    pytest.importorskip("vllm", reason="vLLM is not installed (the `gpu` extra; needs CUDA)")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM is installed but no CUDA GPU is visible")
+    backend = load_backend(cfg.model_copy(update={"backend": "vllm"}))
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, seed=1)
+    results = backend.chat([ADD, STORY], params)
+    assert [len(r.completions) for r in results] == [2, 2]
+    assert all(c.text.strip() and 1 <= c.tokens <= 16 for r in results for c in r.completions)
+    assert texts(backend.chat([ADD, STORY], params)) == texts(results)
+    assert "5" in backend.chat([ADD], GREEDY)[0].completions[0].text

@@ -1,0 +1,77 @@
+"""Rule filters: each rule passes a good long CoT and fails the defect it exists for, with a
+reason; apply_rules counts every outcome in the Prometheus counter."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+
+from shared.rules import (
+    apply_rules,
+    boxed_answer,
+    has_checking_steps,
+    length,
+    no_language_mixing,
+    no_repetition,
+)
+from shared.settings import VerifierSettings
+
+GOOD = (
+    "We need the sum of the roots of x^2 - 5x + 6 = 0. Factoring gives (x - 2)(x - 3), so the "
+    "roots are 2 and 3 and the sum is 6. Wait, let me verify by Vieta: the sum is -b/a = 5, so "
+    "I made a mistake adding. Checking again: 2 + 3 = 5. Substituting x = 2 and x = 3 back gives "
+    "0 both times. The answer is \\boxed{5}."
+)
+
+
+def test_a_good_long_cot_passes_every_rule() -> None:
+    results = apply_rules(GOOD, 80, VerifierSettings(), phase=1)
+    assert [r.rule for r in results if not r.passed] == []
+    assert len(results) == 5
+
+
+def test_boxed_answer_rule() -> None:
+    assert boxed_answer("so \\boxed{\\frac{1}{2}}").passed
+    assert boxed_answer("the answer is 5").reason == "no \\boxed{} final answer"
+    assert boxed_answer("so \\boxed{ }").reason == "the last \\boxed{} is empty"
+
+
+def test_length_rule_has_both_bounds() -> None:
+    assert length(100, 16, 4096).passed
+    assert length(3, 16, 4096).reason == "3 tokens < 16"
+    assert length(5000, 16, 4096).reason == "5000 tokens > 4096"
+
+
+def test_repetition_rule_catches_loops_of_words_and_of_lines() -> None:
+    assert no_repetition(GOOD, 8, 6).passed
+    loop = GOOD + " So the answer is 5 and we are done here." * 20
+    result = no_repetition(loop, 8, 6)
+    assert not result.passed and "repeated" in result.reason
+    digits = GOOD + "\n" + "\n".join(["1111111111111111"] * 10)
+    assert not no_repetition(digits, 8, 6).passed
+
+
+def test_language_mixing_rule_allows_greek_math_but_not_cjk() -> None:
+    assert no_language_mixing(GOOD + " with angle θ and π radians, α + β.", 0.01).passed
+    mixed = GOOD + " 所以答案是五，我们已经验证过了。"
+    result = no_language_mixing(mixed, 0.01)
+    assert not result.passed and "non-Latin letters" in result.reason
+
+
+def test_checking_rule_needs_review_language() -> None:
+    assert has_checking_steps(GOOD, 2).passed
+    plain = "Factoring gives (x - 2)(x - 3), so the sum of the roots is 5. \\boxed{5}"
+    assert has_checking_steps(plain, 2).reason == "0 checking/correction phrases < 2"
+
+
+def test_phase2_skips_the_checking_rule_and_outcomes_are_counted() -> None:
+    def count(rule: str, result: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "dualphase_rule_results_total", {"rule": rule, "result": result}
+        )
+        return value or 0.0
+
+    before = count("boxed_answer", "fail"), count("length", "pass")
+    results = apply_rules("plain 5", 20, VerifierSettings(), phase=2)
+    assert "has_checking_steps" not in [r.rule for r in results]
+    assert count("boxed_answer", "fail") == before[0] + 1
+    assert count("length", "pass") == before[1] + 1

@@ -1,0 +1,62 @@
+"""verifier-svc: consumes `dialogues`, grades and filters, publishes `verified-samples`."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from shared.bus import Consumer
+from shared.db import RuleCount, VerdictRow, insert_ignore
+from shared.grading import Grader
+from shared.messages import DIALOGUES, VERIFIED_SAMPLES, Dialogue, VerifiedSamples
+from shared.service import run_service, setup
+from shared.settings import load_settings
+from verifier_svc.handler import rule_tally, verify_dialogue
+
+
+def verdict_rows(out: VerifiedSamples) -> list[dict]:
+    return [
+        dict(run_id=out.run_id, problem_id=out.problem_id, sample_id=v.sample_id, phase=out.phase,
+             round=out.round, category=v.category, initial_correct=v.initial_correct,
+             final_correct=v.final_correct, accepted=v.accepted, failed_rules=v.failed_rules,
+             extracted=v.extracted)
+        for v in out.verdicts
+    ]  # fmt: skip
+
+
+def main() -> None:
+    settings = load_settings()
+    engine, sessions, publisher = setup(settings)
+    grader = Grader(timeout_s=settings.verifier.grade_timeout_s, workers=settings.verifier.workers)
+    counts = {"verdicts": 0, "accepted": 0, "redelivered": 0}
+
+    def handle(msg: Dialogue) -> None:
+        out = verify_dialogue(msg, grader, settings.verifier)
+        with sessions.begin() as session:
+            # All verdicts of a message are written in one transaction: either all are new, or
+            # this is a redelivery and the rule counts were already added.
+            if insert_ignore(session, VerdictRow, verdict_rows(out)) == len(out.verdicts):
+                _add_rule_counts(session, out)
+            else:
+                counts["redelivered"] += 1
+        publisher.publish(VERIFIED_SAMPLES, out)
+        counts["verdicts"] += len(out.verdicts)
+        counts["accepted"] += sum(v.accepted for v in out.verdicts)
+
+    consumer = Consumer(settings.common, DIALOGUES, "verifier", Dialogue, handle, publisher)
+    try:
+        run_service("verifier-svc", settings, settings.verifier.port, engine, publisher, [consumer],
+                    lambda: dict(counts))  # fmt: skip
+    finally:
+        grader.close()
+
+
+def _add_rule_counts(session: Session, out: VerifiedSamples) -> None:
+    tally = rule_tally(out)
+    insert_ignore(session, RuleCount, [dict(run_id=out.run_id, rule=r) for r in tally])
+    for rule, (passed, failed) in tally.items():
+        session.execute(
+            update(RuleCount)
+            .where(RuleCount.run_id == out.run_id, RuleCount.rule == rule)
+            .values(passed=RuleCount.passed + passed, failed=RuleCount.failed + failed)
+        )

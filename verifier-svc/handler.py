@@ -1,0 +1,73 @@
+"""The verifier's verdict logic: grade a dialogue's samples and run the rule filters.
+
+Pure apart from the rule counters: no broker, no database (the service wires those around it).
+
+- Phase 1: a sample's turns are [solve, review, long CoT]. The turn-1 answer and the final answer
+  (the long CoT, the training target) are graded against the gold answer: category RR/RW/WR/WW.
+- Phase 2: a sample is one solution: category R or W.
+A sample is accepted when its final answer is right and every rule of its phase passes.
+"""
+
+from __future__ import annotations
+
+from shared.grading import Grader
+from shared.messages import Dialogue, Generation, Verdict, VerifiedSamples
+from shared.rules import PHASE1_RULES, PHASE2_RULES, apply_rules
+from shared.settings import VerifierSettings
+
+
+def _letter(correct: bool) -> str:
+    return "R" if correct else "W"
+
+
+def _verdict(sample: Generation, phase: int, grades: list, settings: VerifierSettings) -> Verdict:
+    final_text = sample.turns[-1]
+    final = grades[-1]
+    initial_correct = grades[0].correct if phase == 1 else None
+    category = _letter(final.correct)
+    if initial_correct is not None:
+        category = _letter(initial_correct) + category
+    failed = [
+        r.rule for r in apply_rules(final_text, sample.tokens[-1], settings, phase) if not r.passed
+    ]
+    return Verdict(
+        sample_id=sample.sample_id,
+        initial_correct=initial_correct,
+        final_correct=final.correct,
+        category=category,
+        accepted=final.correct and not failed,
+        failed_rules=failed,
+        extracted=final.extracted,
+    )
+
+
+def verify_dialogue(msg: Dialogue, grader: Grader, settings: VerifierSettings) -> VerifiedSamples:
+    """Verdicts for every sample of one dialogue message (one grader call for all answers).
+
+    Lengths come from the generator's token counts, so the verifier needs no tokenizer."""
+    # Phase 1 grades turn 1 and the final turn; phase 2 grades its single turn.
+    graded = [[s.turns[0], s.turns[-1]] if msg.phase == 1 else [s.turns[-1]] for s in msg.samples]
+    grades = grader.grade_many([(text, msg.gold) for texts in graded for text in texts])
+    per_sample = len(graded[0]) if graded else 0
+    verdicts = [
+        _verdict(sample, msg.phase, grades[i * per_sample : (i + 1) * per_sample], settings)
+        for i, sample in enumerate(msg.samples)
+    ]
+    return VerifiedSamples(
+        run_id=msg.run_id,
+        problem_id=msg.problem_id,
+        job_id=msg.job_id,
+        phase=msg.phase,
+        round=msg.round,
+        verdicts=verdicts,
+    )
+
+
+def rule_tally(verified: VerifiedSamples) -> dict[str, tuple[int, int]]:
+    """rule -> (passed, failed) over a message's verdicts, for the ``rule_counts`` table."""
+    rules = PHASE1_RULES if verified.phase == 1 else PHASE2_RULES
+    tally = {}
+    for rule in rules:
+        failed = sum(rule in v.failed_rules for v in verified.verdicts)
+        tally[rule] = (len(verified.verdicts) - failed, failed)
+    return tally
