@@ -36,11 +36,11 @@ from shared.settings import CommonSettings
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-GROUP = "bench"  # one group per configuration: each has its own topic prefix
+DEADLINE_S = 120.0  # hang guard for one configuration
 
 
 def consumer_process(
-    common: CommonSettings, db_url: str, assigned: Synchronized, stop: Event
+    common: CommonSettings, group: str, db_url: str, assigned: Synchronized, stop: Event
 ) -> None:
     """One group member: writes a `problems` row per message (the services' write pattern)."""
     factory = make_sessionmaker(make_engine(db_url))
@@ -53,7 +53,7 @@ def consumer_process(
             insert_ignore(session, Problem, [row])
 
     publisher = Publisher(common)
-    consumer = Consumer(common, PROBLEMS, GROUP, ProblemJob, write, publisher)
+    consumer = Consumer(common, PROBLEMS, group, ProblemJob, write, publisher)
     thread = threading.Thread(target=consumer.run)
     thread.start()
     while not stop.wait(0.2):  # report the assignment to the parent
@@ -64,8 +64,8 @@ def consumer_process(
     publisher.close()
 
 
-def committed_total(common: CommonSettings) -> int:
-    probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, group_id=GROUP)
+def committed_total(common: CommonSettings, group: str) -> int:
+    probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, group_id=group)
     topic = topic_name(common, PROBLEMS)
     total = sum(probe.committed(TopicPartition(topic, p)) or 0 for p in range(common.partitions))
     probe.close()
@@ -79,6 +79,9 @@ def measure(bootstrap: str, db_url: str, partitions: int, n: int) -> tuple[float
         partitions=partitions, session_timeout_ms=6000,
     )  # fmt: skip
     ensure_topics(common, [PROBLEMS])
+    # A fresh group per configuration: Tansu never assigns partitions to a group that was
+    # subscribed to another topic before (the configurations have their own topics).
+    group = f"{common.topic_prefix}writers"
     run_id = f"bench-{uuid.uuid4().hex[:6]}"
     engine = make_engine(db_url)
     with transaction(make_sessionmaker(engine)) as session:
@@ -87,13 +90,17 @@ def measure(bootstrap: str, db_url: str, partitions: int, n: int) -> tuple[float
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     counts = [ctx.Value("i", 0) for _ in range(partitions)]
-    members = [ctx.Process(target=consumer_process, args=(common, db_url, c, stop)) for c in counts]
+    members = [
+        ctx.Process(target=consumer_process, args=(common, group, db_url, c, stop), daemon=True)
+        for c in counts
+    ]
     for member in members:
         member.start()
     # Time only the steady state: wait until every member holds a partition.
+    deadline = time.monotonic() + DEADLINE_S
     while sum(c.value for c in counts) < partitions or min(c.value for c in counts) == 0:
-        if not all(m.is_alive() for m in members):
-            raise RuntimeError("a consumer process died before the group formed")
+        if not all(m.is_alive() for m in members) or time.monotonic() > deadline:
+            raise RuntimeError(f"group never formed: partitions held {[c.value for c in counts]}")
         time.sleep(0.2)
 
     jobs = [
@@ -106,10 +113,14 @@ def measure(bootstrap: str, db_url: str, partitions: int, n: int) -> tuple[float
     publisher.publish_many(PROBLEMS, list(jobs))
     published = time.perf_counter()
     count = select(func.count()).select_from(Problem).where(Problem.run_id == run_id)
+    deadline = time.monotonic() + DEADLINE_S
     while True:
         with engine.connect() as conn:
-            if conn.execute(count).scalar_one() == n and committed_total(common) == n:
-                break
+            rows = conn.execute(count).scalar_one()
+        if rows == n and committed_total(common, group) == n:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{rows}/{n} rows, {committed_total(common, group)} committed")
         time.sleep(0.05)
     finished = time.perf_counter()
     publisher.close()

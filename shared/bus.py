@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from shared import metrics
-from shared.messages import DeadLetter, Message
+from shared.messages import PROBLEMS, DeadLetter, Message
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,11 @@ class Publisher:
         metrics.MESSAGES_OUT.labels(topic).inc()
 
     def connected(self) -> bool:
-        """Whether the producer reaches the broker (for /readyz)."""
-        return self._producer.bootstrap_connected()
+        """Whether the broker answers a metadata request (for /readyz)."""
+        try:
+            return bool(self._producer.partitions_for(topic_name(self.common, PROBLEMS)))
+        except KafkaError:
+            return False
 
     def close(self) -> None:
         self._producer.close()

@@ -5,7 +5,9 @@
   Shared by the session's tests: use unique run ids.
 - `sqlite_url`: a fresh SQLite file per test, schema made.
 - `db_url`: parametrized, runs a test once on SQLite and once on PostgreSQL.
-- `common`: CommonSettings on the broker with a topic prefix unique to the test.
+- `common`: CommonSettings on the broker with a topic prefix unique to the test. Make consumer
+  group ids unique too (e.g. `common.topic_prefix + "verifier"`): on Tansu a group that was
+  subscribed to another topic before never gets partitions.
 """
 
 from __future__ import annotations

@@ -49,6 +49,11 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = TIMEOU
         time.sleep(0.2)
 
 
+def group(common: CommonSettings) -> str:
+    """A consumer group of the test's own (Tansu: a group must not change topics)."""
+    return common.topic_prefix + "group"
+
+
 def new_run(db_url: str) -> str:
     run_id = f"run-{uuid.uuid4().hex[:8]}"
     with transaction(make_sessionmaker(make_engine(db_url))) as session:
@@ -125,7 +130,9 @@ def test_round_trip_writes_every_message_once(
 ) -> None:
     run_id = new_run(db_url)
     publisher.publish_many(PROBLEMS, list(jobs(run_id, 20)))
-    consumer = Consumer(common, PROBLEMS, "writers", ProblemJob, problem_writer(db_url), publisher)
+    consumer = Consumer(
+        common, PROBLEMS, group(common), ProblemJob, problem_writer(db_url), publisher
+    )
     with running(consumer):
         wait_for(lambda: consumer.status()["processed"] == 20, "20 messages processed")
         wait_for(lambda: consumer.status()["lag_total"] == 0, "lag 0")
@@ -135,7 +142,7 @@ def test_round_trip_writes_every_message_once(
     assert status["assigned_partitions"] == [0, 1]
     topic = topic_name(common, PROBLEMS)
     assert REGISTRY.get_sample_value("dualphase_messages_in_total", {"topic": topic}) == 20
-    assert committed_total(common, "writers") == 20
+    assert committed_total(common, group(common)) == 20
 
 
 def test_redelivered_message_leaves_one_row(
@@ -145,7 +152,9 @@ def test_redelivered_message_leaves_one_row(
     first, second = jobs(run_id, 2)
     for job in (first, first, second, first):
         publisher.publish(PROBLEMS, job)
-    consumer = Consumer(common, PROBLEMS, "writers", ProblemJob, problem_writer(db_url), publisher)
+    consumer = Consumer(
+        common, PROBLEMS, group(common), ProblemJob, problem_writer(db_url), publisher
+    )
     with running(consumer):
         wait_for(lambda: consumer.status()["processed"] == 4, "4 deliveries processed")
     assert sorted(problem_ids(db_url, run_id)) == ["p0", "p1"]
@@ -176,7 +185,7 @@ def test_malformed_and_poison_messages_go_to_dlq_and_consumer_goes_on(
             raise PermanentError("question is not a math problem")
         write(job)
 
-    consumer = Consumer(common, PROBLEMS, "writers", ProblemJob, handler, publisher)
+    consumer = Consumer(common, PROBLEMS, group(common), ProblemJob, handler, publisher)
     with running(consumer):
         wait_for(lambda: consumer.status()["processed"] == 2, "the two good messages")
         status = consumer.status()
@@ -211,13 +220,13 @@ def test_retryable_errors_back_off_and_lose_nothing(
             raise failures.pop(0)
         write(job)
 
-    consumer = Consumer(common, PROBLEMS, "writers", ProblemJob, flaky, publisher)
+    consumer = Consumer(common, PROBLEMS, group(common), ProblemJob, flaky, publisher)
     with running(consumer):
         wait_for(lambda: consumer.status()["processed"] == 10, "10 messages processed")
         status = consumer.status()
     assert sorted(problem_ids(db_url, run_id)) == sorted(f"p{i}" for i in range(10))
     assert (status["retries"], status["dlq"]) == (3, 0)
-    assert committed_total(common, "writers") == 10
+    assert committed_total(common, group(common)) == 10
 
 
 def test_stop_during_back_off_commits_nothing(common: CommonSettings, publisher: Publisher) -> None:
@@ -229,12 +238,12 @@ def test_stop_during_back_off_commits_nothing(common: CommonSettings, publisher:
         attempts.append(job)
         raise RetryableError("broker for downstream topic is down")
 
-    consumer = Consumer(common, PROBLEMS, "workers", ProblemJob, broken, publisher)
+    consumer = Consumer(common, PROBLEMS, group(common), ProblemJob, broken, publisher)
     with running(consumer):
         wait_for(lambda: len(attempts) == 1, "first attempt")
-    assert committed_total(common, "workers") == 0  # so the next member gets the message again
+    assert committed_total(common, group(common)) == 0  # so the next member gets the message again
     seen: list[Message] = []
-    consumer = Consumer(common, PROBLEMS, "workers", ProblemJob, seen.append, publisher)
+    consumer = Consumer(common, PROBLEMS, group(common), ProblemJob, seen.append, publisher)
     with running(consumer):
         wait_for(lambda: len(seen) == 1, "redelivery to a new consumer")
     assert seen == attempts
@@ -245,7 +254,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """A bus_worker.py process; deliveries and log go to files in `folder`."""
     command = [sys.executable, str(WORKER), common.kafka_bootstrap, common.topic_prefix,
-               "workers", db_url, str(folder / "deliveries.txt"), str(delay_s)]  # fmt: skip
+               group(common), db_url, str(folder / "deliveries.txt"), str(delay_s)]  # fmt: skip
     with (folder / "worker.log").open("ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
@@ -271,7 +280,7 @@ def test_consumer_killed_mid_stream_loses_nothing_after_restart(
 
     worker = start_worker(common, db_url, tmp_path, delay_s=0.0)
     try:
-        wait_for(lambda: committed_total(common, "workers") == 30, "all 30 offsets committed")
+        wait_for(lambda: committed_total(common, group(common)) == 30, "all 30 offsets committed")
     finally:
         stop_worker(worker, tmp_path)
     ids = problem_ids(db_url, run_id)
@@ -290,4 +299,4 @@ def test_sigterm_finishes_message_in_hand_commits_and_exits_0(
     stop_worker(worker, tmp_path)
     written = len(problem_ids(db_url, run_id))
     assert written < 40, "the worker finished before SIGTERM: the test proves nothing"
-    assert committed_total(common, "workers") == written
+    assert committed_total(common, group(common)) == written
