@@ -146,7 +146,7 @@ class Consumer:
         self.batch_size = batch_size
         self.topic = topic_name(common, base_topic)
         self.dlq_topic = self.topic + ".dlq"
-        self.group_id = group_id
+        self.group_id = common.topic_prefix + group_id  # stacks sharing a broker stay apart
         self.message_type = message_type
         self.handler = handler
         self.publisher = publisher
@@ -289,15 +289,17 @@ class Consumer:
         """Publish the record to the DLQ (a broker error here propagates: retry the message)."""
         log.warning("%s[%d]@%d -> %s: %s", record.topic, record.partition, record.offset,
                     self.dlq_topic, error)  # fmt: skip
+        # The record's own key: in batch mode current_key names the whole batch.
+        key = record.key.decode(errors="replace") if record.key else None
         letter = DeadLetter(
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            key=self.current_key,
+            key=key,
             error=error,
             value_b64=base64.b64encode(record.value or b"").decode(),
         )
-        self.publisher.send(self.dlq_topic, self.current_key, letter.model_dump_json().encode())
+        self.publisher.send(self.dlq_topic, key, letter.model_dump_json().encode())
         self.dlq += 1
         self.errors += 1
         metrics.ERRORS.labels(self.topic, kind).inc()

@@ -24,6 +24,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
 console = Console()
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEMO_CONFIG = CONFIGS / "demo.yaml"
 
 ConfigOption = Annotated[
     Path | None,
@@ -48,8 +50,8 @@ def run(
             "synthetic demo problems."
         ),
     ] = None,
-    phase1: Annotated[int, typer.Option(help="Phase-1 problems in the run.")] = 24,
-    phase2: Annotated[int, typer.Option(help="Phase-2 problems in the run.")] = 24,
+    phase1: Annotated[int, typer.Option(help="Phase-1 problems in the run.")] = 16,
+    phase2: Annotated[int, typer.Option(help="Phase-2 problems in the run.")] = 16,
     seed: Annotated[int, typer.Option(help="Run seed (problem draw, balancing, sampling).")] = 0,
     timeout: Annotated[float, typer.Option(help="Give up after this many minutes.")] = 60,
 ) -> None:
@@ -60,7 +62,7 @@ def run(
     from shared.problems import demo_problems, read_problem_file
     from shared.runs import submit_run
 
-    settings = load_settings(config)
+    settings = load_settings(config or DEMO_CONFIG)
     if problems is not None:
         specs = read_problem_file(problems)  # all or nothing: a bad line fails before submitting
     else:

@@ -206,6 +206,31 @@ def test_malformed_and_poison_messages_go_to_dlq_and_consumer_goes_on(
     assert errors == {"parse": 2, "permanent": 1}
 
 
+def test_batch_handler_poison_goes_alone_to_dlq_with_its_key(
+    common: CommonSettings, publisher: Publisher
+) -> None:
+    common = common.model_copy(update={"partitions": 1})
+    ensure_topics(common, [PROBLEMS])
+    batch = jobs("run", 6)
+    publisher.publish_many(PROBLEMS, list(batch))
+    handled: list[Message] = []
+
+    def handle_batch(messages: list[Message]) -> None:
+        if batch[2] in messages:
+            raise PermanentError("poison")
+        handled.extend(messages)
+
+    consumer = Consumer(common, PROBLEMS, group(common), ProblemJob, handle_batch, publisher,
+                        batch_size=4)  # fmt: skip
+    with running(consumer):
+        wait_for(lambda: consumer.status()["processed"] == 5, "the 5 good messages")
+    assert sorted(m.key() for m in handled) == ["p0", "p1", "p3", "p4", "p5"]
+    topic = topic_name(common, PROBLEMS)
+    [letter] = [DeadLetter.model_validate_json(v) for v in read_topic(common, f"{topic}.dlq", 1)]
+    assert (letter.key, letter.offset, letter.error) == ("p2", 2, "PermanentError: poison")
+    assert committed_total(common, group(common)) == 6
+
+
 def test_retryable_errors_back_off_and_lose_nothing(
     common: CommonSettings, publisher: Publisher, db_url: str
 ) -> None:

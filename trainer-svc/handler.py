@@ -19,6 +19,7 @@ restart during training resumes from the last saved step.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -38,6 +39,8 @@ from shared.messages import CHECKPOINTS, CheckpointReady, Message, ShardFile, Sh
 from shared.model import resolve_model
 from shared.settings import Settings, TrainerSettings
 from trainer_svc.train import PROGRESS, ShardSample, TrainJob, TrainResult, main, read_done
+
+log = logging.getLogger(__name__)
 
 TRAIN_LOSS = Gauge("dualphase_train_loss", "Training loss at the latest logged update.")
 TRAIN_TOKENS_PER_S = Gauge(
@@ -122,10 +125,20 @@ def train_shard(
     if done := read_done(out):
         return done
     check_shard(manifest.files)
+    model = resolve_model(manifest.base_model, settings.inference)
+    if not any(f.rows for f in manifest.files):
+        # Nothing survived filtering and balancing (a tiny model may never be wrong-then-right):
+        # the next stage starts from the unchanged model rather than the pipeline stopping here.
+        log.warning("shard %s has no rows: the checkpoint is the base model", manifest.shard_id)
+        return TrainResult(
+            shard_id=manifest.shard_id, path=model, adapter=False, base_model=model,
+            global_step=0, resumed_from_step=0, steps_this_run=0, train_loss=0.0, tokens=0,
+            tokens_per_s=0.0, train_seconds=0.0, config={"skipped": "empty shard"},
+        )  # fmt: skip
     job = TrainJob(
         shard_id=manifest.shard_id,
         files=[f.path for f in manifest.files],
-        model=resolve_model(manifest.base_model, settings.inference),
+        model=model,
         output_dir=out,
         settings=settings.trainer,
     )
