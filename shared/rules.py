@@ -126,6 +126,7 @@ def apply_rules(
     ]
     if phase == 1:
         results.append(has_checking_steps(text, settings.min_checking_steps))
+    results = [r for r in results if r.rule not in settings.disabled_rules]
     for result in results:
         RULE_RESULTS.labels(result.rule, "pass" if result.passed else "fail").inc()
     return results

@@ -142,6 +142,11 @@ class VerifierSettings(BaseModel):
     min_checking_steps: int = Field(
         2, ge=0, description="Rule 'has_checking_steps': fewest review/correction phrases."
     )
+    disabled_rules: list[str] = Field(
+        [],
+        description="Rules not applied: an ablation, or a tiny model that never boxes its answer "
+        "(names: boxed_answer, length, no_repetition, no_language_mixing, has_checking_steps).",
+    )
 
 
 class SamplerSettings(BaseModel):

@@ -274,8 +274,8 @@ def test_phase2_samples_are_right_or_wrong_and_rules_can_reject(grader: Grader) 
     assert out.verdicts[0].accepted and out.verdicts[0].initial_correct is None
     # Right answer, but not in a box: graded right, rejected by the rule.
     assert out.verdicts[2].failed_rules == ["boxed_answer"] and not out.verdicts[2].accepted
-    assert rule_tally(out)["boxed_answer"] == (2, 1)
-    assert "has_checking_steps" not in rule_tally(out)
+    assert rule_tally(out, VerifierSettings())["boxed_answer"] == (2, 1)
+    assert "has_checking_steps" not in rule_tally(out, VerifierSettings())
 
 
 # --- the grade command ------------------------------------------------------------------------

@@ -75,3 +75,12 @@ def test_phase2_skips_the_checking_rule_and_outcomes_are_counted() -> None:
     assert "has_checking_steps" not in [r.rule for r in results]
     assert count("boxed_answer", "fail") == before[0] + 1
     assert count("length", "pass") == before[1] + 1
+
+
+def test_disabled_rules_are_not_applied() -> None:
+    unboxed = GOOD.replace("\\boxed{5}", "5")
+    settings = VerifierSettings(disabled_rules=["boxed_answer"])
+    results = apply_rules(unboxed, 80, settings, phase=1)
+    assert "boxed_answer" not in [r.rule for r in results]
+    assert all(r.passed for r in results)
+    assert not apply_rules(unboxed, 80, VerifierSettings(), phase=1)[0].passed

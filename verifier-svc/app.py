@@ -10,7 +10,7 @@ from shared.db import RuleCount, VerdictRow, insert_ignore
 from shared.grading import Grader
 from shared.messages import DIALOGUES, VERIFIED_SAMPLES, Dialogue, VerifiedSamples
 from shared.service import run_service, setup
-from shared.settings import load_settings
+from shared.settings import VerifierSettings, load_settings
 from verifier_svc.handler import rule_tally, verify_dialogue
 
 
@@ -36,7 +36,7 @@ def main() -> None:
             # All verdicts of a message are written in one transaction: either all are new, or
             # this is a redelivery and the rule counts were already added.
             if insert_ignore(session, VerdictRow, verdict_rows(out)) == len(out.verdicts):
-                _add_rule_counts(session, out)
+                _add_rule_counts(session, out, settings.verifier)
             else:
                 counts["redelivered"] += 1
         publisher.publish(VERIFIED_SAMPLES, out)
@@ -51,8 +51,8 @@ def main() -> None:
         grader.close()
 
 
-def _add_rule_counts(session: Session, out: VerifiedSamples) -> None:
-    tally = rule_tally(out)
+def _add_rule_counts(session: Session, out: VerifiedSamples, settings: VerifierSettings) -> None:
+    tally = rule_tally(out, settings)
     insert_ignore(session, RuleCount, [dict(run_id=out.run_id, rule=r) for r in tally])
     for rule, (passed, failed) in tally.items():
         session.execute(

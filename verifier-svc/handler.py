@@ -63,9 +63,10 @@ def verify_dialogue(msg: Dialogue, grader: Grader, settings: VerifierSettings) -
     )
 
 
-def rule_tally(verified: VerifiedSamples) -> dict[str, tuple[int, int]]:
+def rule_tally(verified: VerifiedSamples, settings: VerifierSettings) -> dict[str, tuple[int, int]]:
     """rule -> (passed, failed) over a message's verdicts, for the ``rule_counts`` table."""
     rules = PHASE1_RULES if verified.phase == 1 else PHASE2_RULES
+    rules = [rule for rule in rules if rule not in settings.disabled_rules]
     tally = {}
     for rule in rules:
         failed = sum(rule in v.failed_rules for v in verified.verdicts)
