@@ -87,6 +87,10 @@ class Publisher:
             acks="all",
             retries=5,
             max_block_ms=10_000,  # broker down: fail (and let the caller retry) instead of hanging
+            # An idempotent producer holds a producer id that a restarted in-memory broker has
+            # forgotten, and kafka-python then fails every send for good (measured on Tansu).
+            # Duplicates are harmless here: every write is keyed.
+            enable_idempotence=False,
         )
 
     def publish(self, base_topic: str, message: Message) -> None:
@@ -321,10 +325,20 @@ class Consumer:
         self._next_lag_refresh = time.monotonic() + LAG_REFRESH_S
         try:
             ends = consumer.end_offsets(assigned)
-            lag = {tp.partition: max(ends[tp] - consumer.position(tp), 0) for tp in assigned}
+            positions = {tp: consumer.position(tp) for tp in assigned}
         except KafkaError as error:
             log.warning("lag of %s unknown: %s", self.topic, error)
             return
+        for tp in assigned:
+            if positions[tp] > ends[tp]:
+                # The log is shorter than where we are: the topic was re-created (an in-memory
+                # broker restarted). kafka-python keeps the position of a partition it keeps
+                # across a rebalance, so without this it would skip the new log's first messages.
+                log.warning("%s[%d]: position %d past the end %d (topic re-created?); reading "
+                            "from the start", tp.topic, tp.partition, positions[tp], ends[tp])
+                consumer.seek_to_beginning(tp)
+                positions[tp] = 0
+        lag = {tp.partition: max(ends[tp] - positions[tp], 0) for tp in assigned}
         self.assigned = [tp.partition for tp in assigned]
         self.lag = lag
         metrics.CONSUMER_LAG.labels(self.topic).set(sum(lag.values()))

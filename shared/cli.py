@@ -56,6 +56,9 @@ def run(
     timeout: Annotated[float, typer.Option(help="Give up after this many minutes.")] = 60,
 ) -> None:
     """Start the embedded stack, run the whole pipeline on a demo run, print the evaluation."""
+    from rich.markdown import Markdown
+
+    from shared import report
     from shared.bus import Publisher
     from shared.db import make_engine, make_sessionmaker
     from shared.embedded import embedded_stack, follow_run
@@ -76,7 +79,9 @@ def run(
         if not follow_run(sessions, run_id, procs, timeout * 60):
             console.print(f"[red]run {run_id} did not finish in {timeout} minutes")
             raise typer.Exit(1)
-    console.print(f"run {run_id} complete; report: dualphase report {run_id}")
+    paths = report.main(settings, run_id)
+    console.print(Markdown(paths[0].read_text().split("![")[0]))
+    console.print(f"run {run_id} complete; report in {paths[0].parent}")
 
 
 @db_app.command("upgrade")

@@ -58,9 +58,13 @@ def _gold(row: dict[str, Any]) -> tuple[str, str]:
 
 def read_problem_file(path: Path) -> list[ProblemSpec]:
     """Every problem of a JSONL file, or a ProblemFileError for the first bad line."""
+    return parse_problems(Path(path).read_bytes(), str(path))
+
+
+def parse_problems(raw: bytes, path: str) -> list[ProblemSpec]:
+    """Every problem of JSONL bytes; errors name ``path`` (a file, or e.g. a request body)."""
     specs: list[ProblemSpec] = []
     seen: dict[str, int] = {}
-    raw = Path(path).read_bytes()
     for lineno, line in enumerate(raw.splitlines(), start=1):
         where = f"{path}:{lineno}"
         try:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -91,6 +93,18 @@ def republish_unfinished(
 ) -> dict[str, int]:
     """Phase 1: publish the job of every problem without a generation, and the dialogue of every
     generation without a verdict. Returns how many of each were published."""
+    jobs, dialogues = unfinished_phase1(settings, sessions, run_id)
+    for job in jobs:
+        publisher.publish(PROBLEMS, job)
+    for dialogue in dialogues:
+        publisher.publish(DIALOGUES, dialogue)
+    return {"jobs": len(jobs), "dialogues": len(dialogues)}
+
+
+def unfinished_phase1(
+    settings: Settings, sessions: sessionmaker[Session], run_id: str
+) -> tuple[list[ProblemJob], list[Dialogue]]:
+    """Phase 1: the jobs of problems without a generation, the dialogues without a verdict."""
     with sessions() as session:
         run = session.get(Run, run_id)
         problems = session.scalars(
@@ -113,11 +127,29 @@ def republish_unfinished(
     jobs = [phase1_job(run_id, p, settings, run.seed) for p in problems]
     missing = [job for job in jobs if job.problem_id not in generated]
     unverified = [job for job in jobs if job.problem_id in generated - verdicts]
-    for job in missing:
-        publisher.publish(PROBLEMS, job)
-    for dialogue in stored_dialogues(sessions, unverified).values():
-        publisher.publish(DIALOGUES, dialogue)
-    return {"jobs": len(missing), "dialogues": len(unverified)}
+    return missing, list(stored_dialogues(sessions, unverified).values())
+
+
+def cancel_run(sessions: sessionmaker[Session], run_id: str) -> str:
+    """Mark a run cancelled (a complete run stays complete). Returns its status; KeyError if
+    there is no such run."""
+    with sessions.begin() as session:
+        run = session.get(Run, run_id, with_for_update=True)
+        if run is None:
+            raise KeyError(run_id)
+        if run.status != "complete":
+            run.status, run.updated_at = "cancelled", datetime.now(UTC)
+        return run.status
+
+
+def cancelled_runs(sessions: sessionmaker[Session], run_ids: Collection[str]) -> set[str]:
+    """Which of these runs are cancelled (their work is skipped)."""
+    with sessions() as session:
+        return set(
+            session.scalars(
+                select(Run.id).where(Run.id.in_(set(run_ids)), Run.status == "cancelled")
+            )
+        )
 
 
 def stored_dialogues(

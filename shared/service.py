@@ -2,7 +2,8 @@
 
 Every service is the same shape: ``main()`` builds its handler and calls ``run_service``; the
 consumer runs in the main thread (so SIGTERM finishes the message in hand), the HTTP app in a
-daemon thread. The app is read-only: ``/healthz``, ``/readyz``, ``/status``, ``/metrics``.
+daemon thread. The status endpoints are GET only: ``/healthz``, ``/readyz``, ``/status``,
+``/metrics``; the sampler also mounts the token-protected admin endpoints (``shared.admin``).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -34,9 +35,12 @@ def make_app(
     publisher: Publisher,
     consumers: list[Consumer],
     status: Callable[[], dict[str, Any]] = dict,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
-    """The status app of one service."""
+    """The status app of one service, plus ``routers`` (the admin endpoints)."""
     app = FastAPI(title=name)
+    for router in routers:
+        app.include_router(router)
     started = time.time()
 
     @app.get("/healthz")
@@ -100,13 +104,14 @@ def run_service(
     publisher: Publisher,
     consumers: list[Consumer],
     status: Callable[[], dict[str, Any]] = dict,
+    routers: Sequence[APIRouter] = (),
 ) -> None:
     """Serve the status app and run the consumers until SIGTERM/SIGINT.
 
     The first consumer runs in the main thread, where SIGTERM reaches it; the others run in
     threads and are stopped when it returns, each after the message in hand.
     """
-    server = serve_http(make_app(name, engine, publisher, consumers, status),
+    server = serve_http(make_app(name, engine, publisher, consumers, status, routers),
                         settings.common.http_host, port)  # fmt: skip
     threads = [threading.Thread(target=c.run, name=c.topic) for c in consumers[1:]]
     for thread in threads:

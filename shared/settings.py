@@ -60,6 +60,12 @@ class CommonSettings(BaseModel):
         "", description="Bearer token for admin endpoints (submit, cancel). Empty disables them."
     )
     log_level: str = Field("INFO", description="Python logging level of the services.")
+    reconcile_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the reconciler (in sampler-svc) looks for lost work; work is "
+        "re-published once it has waited this long with its consumers idle.",
+    )
 
     def resolved_database_url(self) -> str:
         """The database URL, with the embedded SQLite default filled in."""
