@@ -22,7 +22,7 @@ from shared.db import GenerationRow, insert_ignore
 from shared.inference import Backend
 from shared.messages import DIALOGUES, Dialogue, Generation, ProblemJob, SamplingParams
 from shared.prompts import Prompts, question_conversation
-from shared.runs import stored_dialogues
+from shared.runs import cancelled_runs, stored_dialogues
 
 TOKENS_GENERATED = Counter("dualphase_generated_tokens", "Completion tokens generated.")
 
@@ -39,6 +39,7 @@ class GeneratorStats:
     tokens: int = 0
     generate_seconds: float = 0.0
     regenerations_skipped: int = 0
+    cancelled_skipped: int = 0
     current: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, float | int | list[str]]:
@@ -128,7 +129,11 @@ def handle_jobs(
     publish: Callable[[str, Dialogue], None],
     stats: GeneratorStats,
 ) -> None:
-    """Generate what is new, store it, publish a dialogue per job (stored ones re-published)."""
+    """Generate what is new, store it, publish a dialogue per job (stored ones re-published).
+    Jobs of cancelled runs are dropped."""
+    cancelled = cancelled_runs(sessions, {job.run_id for job in jobs})
+    stats.cancelled_skipped += sum(job.run_id in cancelled for job in jobs)
+    jobs = [job for job in jobs if job.run_id not in cancelled]
     done = stored_dialogues(sessions, jobs)
     todo = [job for job in jobs if job.job_id not in done]
     stats.regenerations_skipped += len(jobs) - len(todo)

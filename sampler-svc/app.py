@@ -1,11 +1,20 @@
 """sampler-svc: consumes `verified-samples` and `checkpoints`; publishes phase-2 jobs on
-`problems`, final states on `rejection-sampled`, and shard manifests on `training-shards`."""
+`problems`, final states on `rejection-sampled`, and shard manifests on `training-shards`.
+
+It also runs the reconciler (``shared.reconciler``) and serves the admin endpoints
+(``shared.admin``: submit and cancel runs)."""
 
 from __future__ import annotations
 
-from sampler_svc.handler import make_handlers, publish_all, reconcile
+import threading
+from collections.abc import Callable
+
+from sampler_svc.handler import make_handlers
+from shared.admin import admin_router
 from shared.bus import Consumer
-from shared.messages import CHECKPOINTS, VERIFIED_SAMPLES, CheckpointReady, VerifiedSamples
+from shared.messages import CHECKPOINTS, VERIFIED_SAMPLES, CheckpointReady, Message, VerifiedSamples
+from shared.reconciler import Reconciler
+from shared.runs import cancelled_runs
 from shared.service import run_service, setup
 from shared.settings import load_settings
 
@@ -13,14 +22,29 @@ from shared.settings import load_settings
 def main() -> None:
     settings = load_settings()
     engine, sessions, publisher = setup(settings)
-    # The database is the state: publish again whatever a crash may have lost.
-    with sessions.begin() as session:
-        publish_all(publisher, reconcile(session, settings))
     on_verdicts, on_checkpoint = make_handlers(settings, sessions, publisher)
+
+    def unless_cancelled(handler: Callable[[Message], None]) -> Callable[[Message], None]:
+        """A cancelled run gets nothing more from the sampler: no jobs, no shards."""
+
+        def handle(message: Message) -> None:
+            if not cancelled_runs(sessions, [message.run_id]):
+                handler(message)
+
+        return handle
+
     consumers = [
-        Consumer(settings.common, VERIFIED_SAMPLES, "sampler", VerifiedSamples, on_verdicts,
-                 publisher),
+        Consumer(settings.common, VERIFIED_SAMPLES, "sampler", VerifiedSamples,
+                 unless_cancelled(on_verdicts), publisher),
         Consumer(settings.common, CHECKPOINTS, "sampler-checkpoints", CheckpointReady,
-                 on_checkpoint, publisher),
+                 unless_cancelled(on_checkpoint), publisher),
     ]  # fmt: skip
-    run_service("sampler-svc", settings, settings.sampler.port, engine, publisher, consumers)
+    # The database is the state: the first pass publishes again whatever a crash may have lost.
+    reconciler = Reconciler(settings, sessions, publisher)
+    stop = threading.Event()
+    threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True).start()
+    try:
+        run_service("sampler-svc", settings, settings.sampler.port, engine, publisher, consumers,
+                    reconciler.status, [admin_router(settings, sessions, publisher)])  # fmt: skip
+    finally:
+        stop.set()

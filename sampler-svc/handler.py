@@ -207,7 +207,7 @@ def kept_solutions(session: Session, run_id: str, problem_id: str, k: int) -> li
 
 def on_checkpoint(session: Session, msg: CheckpointReady, settings: Settings) -> list[Message]:
     """M1 is ready: start phase 2 (round 0 for every phase-2 problem of the run)."""
-    if msg.stage != "M1":
+    if msg.stage != "M1" or settings.sampler.phases == 1:
         return []
     insert_ignore(
         session,

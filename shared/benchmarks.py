@@ -177,8 +177,10 @@ def load_benchmark(
 ) -> list[BenchmarkProblem]:
     """Problems of benchmark ``name`` from ``path`` (file, folder or hub id; default: the
     configured datasets_dir), at most ``limit`` of them (0 = all)."""
+    if name == "synthetic":
+        return held_out_synthetic(limit or SYNTHETIC_SIZE)
     if name not in FORMATS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(FORMATS)}")
+        raise ValueError(f"unknown benchmark {name!r}; known: synthetic, {', '.join(FORMATS)}")
     problems = []
     for where, lineno, row in _rows(name, path):
         try:
@@ -188,6 +190,21 @@ def load_benchmark(
         if limit and len(problems) >= limit:
             break
     return problems
+
+
+# The held-out synthetic set: drawn with a seed no run uses for its training problems (runs draw
+# theirs with the run seed, small integers), so it measures the demo model on unseen problems.
+SYNTHETIC_SEED = 1_000_003
+SYNTHETIC_SIZE = 200
+
+
+def held_out_synthetic(count: int) -> list[BenchmarkProblem]:
+    from shared.synthetic import make_problems
+
+    return [
+        BenchmarkProblem(id=p.id, question=p.question, gold=str(p.answer), dataset="synthetic")
+        for p in make_problems(count, seed=SYNTHETIC_SEED)
+    ]
 
 
 def _key(text: str) -> str:

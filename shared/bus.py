@@ -335,7 +335,8 @@ class Consumer:
                 # broker restarted). kafka-python keeps the position of a partition it keeps
                 # across a rebalance, so without this it would skip the new log's first messages.
                 log.warning("%s[%d]: position %d past the end %d (topic re-created?); reading "
-                            "from the start", tp.topic, tp.partition, positions[tp], ends[tp])
+                            "from the start", tp.topic, tp.partition, positions[tp],
+                            ends[tp])  # fmt: skip
                 consumer.seek_to_beginning(tp)
                 positions[tp] = 0
         lag = {tp.partition: max(ends[tp] - positions[tp], 0) for tp in assigned}

@@ -50,8 +50,8 @@ def run(
             "synthetic demo problems."
         ),
     ] = None,
-    phase1: Annotated[int, typer.Option(help="Phase-1 problems in the run.")] = 16,
-    phase2: Annotated[int, typer.Option(help="Phase-2 problems in the run.")] = 16,
+    phase1: Annotated[int, typer.Option(help="Phase-1 problems in the run.")] = 24,
+    phase2: Annotated[int, typer.Option(help="Phase-2 problems in the run.")] = 24,
     seed: Annotated[int, typer.Option(help="Run seed (problem draw, balancing, sampling).")] = 0,
     timeout: Annotated[float, typer.Option(help="Give up after this many minutes.")] = 60,
 ) -> None:
@@ -76,7 +76,7 @@ def run(
         run_id = submit_run(settings, sessions, publisher, specs[:phase1],
                             specs[phase1 : phase1 + phase2], seed)  # fmt: skip
         console.print(f"run [bold]{run_id}[/]: logs in {settings.common.data_dir / 'logs'}")
-        if not follow_run(sessions, run_id, procs, timeout * 60):
+        if not follow_run(sessions, run_id, procs, timeout * 60, settings.sampler.phases):
             console.print(f"[red]run {run_id} did not finish in {timeout} minutes")
             raise typer.Exit(1)
     paths = report.main(settings, run_id)

@@ -117,7 +117,9 @@ def embedded_stack(
                 stop_service(proc)
 
 
-def progress_counts(sessions: sessionmaker[Session], run_id: str) -> dict[str, tuple[int, int]]:
+def progress_counts(
+    sessions: sessionmaker[Session], run_id: str, phases: int = 2
+) -> dict[str, tuple[int, int]]:
     """(done, total) per stage of a run, read from the database."""
     with sessions() as s:
 
@@ -155,7 +157,7 @@ def progress_counts(sessions: sessionmaker[Session], run_id: str) -> dict[str, t
         evaluated = count(
             select(EvalResult.checkpoint_id).distinct().where(EvalResult.run_id == run_id)
         )
-    return {
+    stages = {
         "phase 1: dialogues generated": (generated, problems[1]),
         "phase 1: dialogues verified": (verified, problems[1]),
         "M1 trained": (ckpts["M1"], 1),
@@ -163,6 +165,10 @@ def progress_counts(sessions: sessionmaker[Session], run_id: str) -> dict[str, t
         "M2 trained": (ckpts["M2"], 1),
         "models evaluated (M0, M1, M2)": (evaluated, 3),
     }
+    if phases == 1:  # the one-phase ablation ends with M1
+        del stages["phase 2: problems solved or exhausted"], stages["M2 trained"]
+        stages["models evaluated (M0, M1, M2)"] = (evaluated, 2)
+    return stages
 
 
 def follow_run(
@@ -170,6 +176,7 @@ def follow_run(
     run_id: str,
     procs: dict[str, subprocess.Popen],
     timeout_s: float,
+    phases: int = 2,
 ) -> bool:
     """Show a progress bar per stage until the run is complete; False on timeout."""
     deadline = time.monotonic() + timeout_s
@@ -177,7 +184,7 @@ def follow_run(
                   TimeElapsedColumn()) as bars:  # fmt: skip
         tasks: dict[str, TaskID] = {}
         while time.monotonic() < deadline:
-            counts = progress_counts(sessions, run_id)
+            counts = progress_counts(sessions, run_id, phases)
             for stage, (done, total) in counts.items():
                 if stage not in tasks:
                     tasks[stage] = bars.add_task(stage, total=total)

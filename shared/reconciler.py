@@ -184,8 +184,7 @@ class Reconciler:
                 shard_id=row.shard_id,
             )
             for row in rows
-            if (row.stage == "M1" and phase2 and not started)
-            or evaluated.get(row.id, 0) < expected
+            if (row.stage == "M1" and phase2 and not started) or evaluated.get(row.id, 0) < expected
         ]
 
     def _idle(self, pairs: list[tuple[str, str]]) -> bool:

@@ -187,6 +187,9 @@ class SamplerSettings(BaseModel):
     marker_rejection: str = Field(
         "[rejection sampled]", description="Marker of phase-2 (rejection-sampled) samples."
     )
+    phases: Literal[1, 2] = Field(
+        2, description="2: both phases (M0 -> M1 -> M2); 1: stop after phase 1 (ablation)."
+    )
 
 
 class TrainerSettings(BaseModel):
@@ -280,7 +283,8 @@ class EvalSettings(BaseModel):
     port: int = Field(8105, description="HTTP port of the status app.")
     benchmarks: list[str] = Field(
         ["gsm8k", "math500", "aime24", "amc23", "svamp", "tabmwp", "gaokao2023en"],
-        description="Benchmarks evaluated on every checkpoint.",
+        description="Benchmarks evaluated on every checkpoint (plus `synthetic`: held-out demo "
+        "problems).",
     )
     datasets_dir: Path = Field(
         Path("../shared/datasets/benchmarks"), description="Folder of the benchmark files."

@@ -141,3 +141,12 @@ def test_unknown_benchmark_and_missing_file_are_clear_errors(tmp_path: Path) -> 
         load_benchmark("mmlu", tmp_path)
     with pytest.raises(FileNotFoundError, match="gsm8k: no test.jsonl"):
         load_benchmark("gsm8k", tmp_path)
+
+
+def test_synthetic_benchmark_is_held_out_from_demo_training_problems() -> None:
+    from shared.problems import demo_problems
+
+    held_out = load_benchmark("synthetic", limit=50)
+    assert len(held_out) == 50 and all(p.gold.lstrip("-").isdigit() for p in held_out)
+    training = {p.question for seed in range(5) for p in demo_problems(200, seed)}
+    assert not training & {p.question for p in held_out}
