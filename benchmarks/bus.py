@@ -65,7 +65,9 @@ def consumer_process(
 
 
 def committed_total(common: CommonSettings, group: str) -> int:
-    probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, group_id=group)
+    probe = KafkaConsumer(
+        bootstrap_servers=common.kafka_bootstrap, group_id=common.topic_prefix + group
+    )
     topic = topic_name(common, PROBLEMS)
     total = sum(probe.committed(TopicPartition(topic, p)) or 0 for p in range(common.partitions))
     probe.close()
@@ -81,7 +83,7 @@ def measure(bootstrap: str, db_url: str, partitions: int, n: int) -> tuple[float
     ensure_topics(common, [PROBLEMS])
     # A fresh group per configuration: Tansu never assigns partitions to a group that was
     # subscribed to another topic before (the configurations have their own topics).
-    group = f"{common.topic_prefix}writers"
+    group = "writers"  # Consumer puts the topic prefix in front
     run_id = f"bench-{uuid.uuid4().hex[:6]}"
     engine = make_engine(db_url)
     with transaction(make_sessionmaker(engine)) as session:

@@ -329,16 +329,8 @@ class Consumer:
         except KafkaError as error:
             log.warning("lag of %s unknown: %s", self.topic, error)
             return
-        for tp in assigned:
-            if positions[tp] > ends[tp]:
-                # The log is shorter than where we are: the topic was re-created (an in-memory
-                # broker restarted). kafka-python keeps the position of a partition it keeps
-                # across a rebalance, so without this it would skip the new log's first messages.
-                log.warning("%s[%d]: position %d past the end %d (topic re-created?); reading "
-                            "from the start", tp.topic, tp.partition, positions[tp],
-                            ends[tp])  # fmt: skip
-                consumer.seek_to_beginning(tp)
-                positions[tp] = 0
+        # Tansu reports the end of a partition as the base offset of its last record batch + 1,
+        # so after a batch the position can be past the "end": lag is a lower bound there.
         lag = {tp.partition: max(ends[tp] - positions[tp], 0) for tp in assigned}
         self.assigned = [tp.partition for tp in assigned]
         self.lag = lag

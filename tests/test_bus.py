@@ -50,8 +50,8 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = TIMEOU
 
 
 def group(common: CommonSettings) -> str:
-    """A consumer group of the test's own (Tansu: a group must not change topics)."""
-    return common.topic_prefix + "group"
+    """The test's consumer group (Consumer prefixes it with the test's own topic prefix)."""
+    return "group"
 
 
 def new_run(db_url: str) -> str:
@@ -94,7 +94,8 @@ def running(consumer: Consumer) -> Iterator[Consumer]:
 
 def committed_total(common: CommonSettings, group: str) -> int:
     """Sum of the group's committed offsets over the topic's partitions."""
-    probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, group_id=group,
+    probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap,
+                          group_id=common.topic_prefix + group,
                           enable_auto_commit=False)  # fmt: skip
     topic = topic_name(common, PROBLEMS)
     offsets = [probe.committed(TopicPartition(topic, p)) for p in range(common.partitions)]
