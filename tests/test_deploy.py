@@ -184,6 +184,8 @@ def tiny_run_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str) -
         "COMMON__RETRY_BACKOFF_S": "0.05",
         "GENERATOR__MAX_NEW_TOKENS": "24",
         "INFERENCE__BATCH_SIZE": "4",
+        "INFERENCE__THREADS": "1",  # five services share two cores
+        "INFERENCE__DTYPE": "bfloat16",
         "SAMPLER__SCHEDULE": "[1, 1]",
         "TRAINER__PRESET": "cpu-tiny",
         "TRAINER__MAX_STEPS": "1",
