@@ -227,6 +227,9 @@ class TrainerSettings(BaseModel):
     save_total_limit: int = Field(2, ge=1, description="Resumable checkpoints kept per shard.")
     logging_steps: int = Field(10, ge=1, description="Log loss and tokens/s every N updates.")
     seed: int = Field(42, description="Seed of data order and initialisation of LoRA weights.")
+    threads: int = Field(
+        0, ge=0, description="Torch CPU threads of the trainer process (0: one per core)."
+    )
     lora: bool = Field(False, description="Train a LoRA adapter instead of all weights.")
     lora_r: int = Field(64, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(128, ge=1, description="LoRA scaling numerator (alpha / r).")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from shared.bus import Consumer
 from shared.messages import TRAINING_SHARDS, ShardManifest
 from shared.service import run_service, setup
@@ -11,6 +13,8 @@ from trainer_svc.handler import TrainerStats, handle_manifest
 
 def main() -> None:
     settings = load_settings()
+    if settings.trainer.threads:
+        torch.set_num_threads(settings.trainer.threads)
     engine, sessions, publisher = setup(settings)
     stats = TrainerStats()
 
