@@ -31,6 +31,8 @@ from shared.settings import Settings
 
 # Errors name this as the "file": `POST /runs problems:3: field 'answer': no gold answer`.
 SOURCE = "POST /runs problems"
+# Module level: FastAPI resolves the (postponed) annotations in the module's namespace.
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
 
 
 class RunRequest(BaseModel):
@@ -59,11 +61,7 @@ def problem_bytes(problems: list[dict[str, Any]] | str) -> bytes:
 def admin_router(
     settings: Settings, sessions: sessionmaker[Session], publisher: Publisher
 ) -> APIRouter:
-    bearer = HTTPBearer(auto_error=False)
-
-    def authorize(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
+    def authorize(credentials: Credentials) -> None:
         token = settings.common.admin_token
         if not token:
             raise HTTPException(403, "admin endpoints are disabled: set common.admin_token")

@@ -22,7 +22,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaProducer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -123,6 +130,20 @@ class Publisher:
         self._producer.close()
 
 
+class _Assignments(ConsumerRebalanceListener):
+    """Collects the partitions each rebalance assigns (kafka-python calls it on its IO thread,
+    where the consumer may not block: the consumer loop acts on them)."""
+
+    def __init__(self) -> None:
+        self.new: set[TopicPartition] = set()
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.new |= set(assigned)
+
+
 class Consumer:
     """One member of a consumer group: poll -> parse -> handler -> commit, one message at a time.
 
@@ -169,7 +190,6 @@ class Consumer:
         """Consume until stop() (or SIGTERM/SIGINT in the main thread); then close."""
         with self._stop_on_signals():
             consumer = KafkaConsumer(
-                self.topic,
                 bootstrap_servers=self.common.kafka_bootstrap,
                 group_id=self.group_id,
                 client_id=f"dualphase-{self.group_id}",
@@ -179,9 +199,15 @@ class Consumer:
                 heartbeat_interval_ms=self.common.session_timeout_ms // 3,
                 max_poll_interval_ms=MAX_HANDLER_S * 1000,
             )
+            assignments = _Assignments()
+            consumer.subscribe([self.topic], listener=assignments)
             try:
                 while not self._stop.is_set():
                     polled = consumer.poll(timeout_ms=500, max_records=self.batch_size)
+                    if assignments.new:
+                        # What this poll returned is fetched again from the committed offsets.
+                        self._start_from_committed(consumer, assignments)
+                        continue
                     if self.batch_size == 1:
                         for tp, records in polled.items():
                             self._consume_one(consumer, tp, records[0])
@@ -195,6 +221,26 @@ class Consumer:
     def stop(self) -> None:
         """Ask run() to return after the message in hand (thread-safe, signal-safe)."""
         self._stop.set()
+
+    def _start_from_committed(self, consumer: KafkaConsumer, assignments: _Assignments) -> None:
+        """After a rebalance, each assigned partition restarts at its committed offset.
+
+        kafka-python keeps the position of a partition that stays assigned across a rebalance.
+        After an in-memory broker restarts, that position points into the lost log, and the new
+        log's first messages would be skipped (measured with Tansu: jobs the reconciler published
+        again were never consumed). A new member starts from the committed offset; so do we.
+        """
+        new, assignments.new = assignments.new, set()
+        try:
+            for tp in new & consumer.assignment():
+                committed = consumer.committed(tp)
+                if committed is None:
+                    consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+        except KafkaError as error:
+            assignments.new |= new  # the broker is away: again after the next poll
+            log.warning("committed offsets of %s unknown: %s", self.topic, error)
 
     def status(self) -> dict[str, Any]:
         lag = self.lag

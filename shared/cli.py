@@ -62,12 +62,16 @@ def run(
     from shared.bus import Publisher
     from shared.db import make_engine, make_sessionmaker
     from shared.embedded import embedded_stack, follow_run
-    from shared.problems import demo_problems, read_problem_file
+    from shared.problems import ProblemFileError, demo_problems, read_problem_file
     from shared.runs import submit_run
 
     settings = load_settings(config or DEMO_CONFIG)
     if problems is not None:
-        specs = read_problem_file(problems)  # all or nothing: a bad line fails before submitting
+        try:  # all or nothing: a bad line fails before anything starts or is submitted
+            specs = read_problem_file(problems)
+        except (ProblemFileError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
     else:
         specs = demo_problems(phase1 + phase2, seed)
     with embedded_stack(settings) as (_broker, procs):

@@ -166,7 +166,7 @@ class Reconciler:
                 select(EvalResult.checkpoint_id, func.count())
                 .where(EvalResult.run_id == run_id)
                 .group_by(EvalResult.checkpoint_id)
-            ).tuples()
+            ).all()
         )
         expected = len(self.settings.eval.benchmarks) * len(self.settings.eval.modes)
         rows = session.scalars(

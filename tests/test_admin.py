@@ -1,0 +1,180 @@
+"""The admin endpoints (submit a run, cancel a run) on the sampler's app: token required, the
+status endpoints read-only, cancelled runs skipped. The app runs in-process (FastAPI's test
+client) on the real broker and the real databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from kafka import KafkaConsumer
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from generator_svc.handler import GeneratorStats, handle_jobs
+from shared.admin import admin_router
+from shared.bus import Publisher, ensure_topics, topic_name
+from shared.db import GenerationRow, Problem, Run, make_engine, make_sessionmaker
+from shared.messages import ALL_TOPICS, PROBLEMS, ProblemJob
+from shared.prompts import load_prompts
+from shared.runs import phase1_job
+from shared.service import make_app
+from shared.settings import CommonSettings, Settings
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PROBLEMS_JSON = [
+    {"id": "a", "question": "Ann has 2 apples and gets 3 more. How many now?", "answer": "5"},
+    {"id": "b", "question": "Ben has 7 cards and gives away 4. How many now?", "answer": "3"},
+    {"id": "c", "question": "Cy has 3 boxes of 4 pens. How many pens?", "answer": "12"},
+]
+
+
+class Admin:
+    def __init__(self, token: str, common: CommonSettings, db_url: str) -> None:
+        update = {"admin_token": token, "database_url": db_url}
+        self.settings = Settings(common=common.model_copy(update=update))
+        self.engine = make_engine(db_url)
+        self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
+        self.publisher = Publisher(self.settings.common)
+        router = admin_router(self.settings, self.sessions, self.publisher)
+        app = make_app("sampler-svc", self.engine, self.publisher, [], routers=[router])
+        self.client = TestClient(app)
+
+    def run(self, run_id: str) -> Run | None:
+        with self.sessions() as s:
+            return s.get(Run, run_id)
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def admin(common: CommonSettings, db_url: str) -> Iterator[Admin]:
+    ensure_topics(common, ALL_TOPICS)
+    admin = Admin(TOKEN, common, db_url)
+    yield admin
+    admin.close()
+
+
+def published_jobs(common: CommonSettings, run_id: str, expected: int) -> list[ProblemJob]:
+    consumer = KafkaConsumer(topic_name(common, PROBLEMS), bootstrap_servers=common.kafka_bootstrap,
+                             group_id=None, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)  # fmt: skip
+    jobs = []
+    try:
+        for record in consumer:
+            job = ProblemJob.model_validate_json(record.value)
+            jobs += [job] if job.run_id == run_id else []
+            if len(jobs) == expected:
+                break
+    finally:
+        consumer.close()
+    return jobs
+
+
+def test_submit_run_records_problems_with_the_phase_split_and_publishes_phase1_jobs(
+    admin: Admin, common: CommonSettings
+) -> None:
+    reply = admin.client.post(
+        "/runs", json={"problems": PROBLEMS_JSON, "phase1": 2, "seed": 5}, headers=AUTH
+    )
+    assert reply.status_code == 201, reply.text
+    run_id = reply.json()["run_id"]
+    run = admin.run(run_id)
+    assert run is not None and run.status == "running" and run.seed == 5
+    with admin.sessions() as s:
+        phases = dict(s.execute(select(Problem.problem_id, Problem.phase)
+                                .where(Problem.run_id == run_id)).all())  # fmt: skip
+    assert phases == {"a": 1, "b": 1, "c": 2}
+    jobs = published_jobs(common, run_id, expected=2)
+    assert sorted(j.problem_id for j in jobs) == ["a", "b"]
+    assert all(j.kind == "dialogue" and j.params.seed == 5 for j in jobs)
+
+
+def test_submit_run_accepts_jsonl_text(admin: Admin) -> None:
+    text = "\n".join(
+        f'{{"id": "{p["id"]}", "problem": "{p["question"]}", "gold": "{p["answer"]}"}}'
+        for p in PROBLEMS_JSON
+    )
+    reply = admin.client.post("/runs", json={"problems": text}, headers=AUTH)
+    assert reply.status_code == 201, reply.text
+    with admin.sessions() as s:
+        rows = s.scalars(select(Problem).where(Problem.run_id == reply.json()["run_id"])).all()
+    assert sorted((p.problem_id, p.phase, p.gold) for p in rows) == [
+        ("a", 1, "5"), ("b", 2, "3"), ("c", 2, "12")
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
+                                     {"Authorization": f"Basic {TOKEN}"}])  # fmt: skip
+def test_admin_endpoints_refuse_a_missing_or_wrong_token_with_401(
+    admin: Admin, headers: dict[str, str]
+) -> None:
+    with admin.sessions() as s:
+        before = s.query(Run).count()
+    reply = admin.client.post("/runs", json={"problems": PROBLEMS_JSON}, headers=headers)
+    assert reply.status_code == 401 and reply.headers["www-authenticate"] == "Bearer"
+    assert admin.client.post("/runs/any/cancel", headers=headers).status_code == 401
+    with admin.sessions() as s:
+        assert s.query(Run).count() == before
+
+
+def test_admin_endpoints_are_disabled_with_403_when_no_token_is_configured(
+    common: CommonSettings, sqlite_url: str
+) -> None:
+    admin = Admin("", common, sqlite_url)
+    try:
+        for headers in ({}, AUTH, {"Authorization": "Bearer "}):
+            reply = admin.client.post("/runs", json={"problems": PROBLEMS_JSON}, headers=headers)
+            assert reply.status_code == 403, reply.text
+            assert "disabled" in reply.json()["detail"]
+            assert admin.client.post("/runs/x/cancel", headers=headers).status_code == 403
+        with admin.sessions() as s:
+            assert s.query(Run).count() == 0
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/status", "/metrics"])
+def test_status_endpoints_are_read_only(admin: Admin, path: str) -> None:
+    assert admin.client.get(path).status_code == 200
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        assert admin.client.request(method, path, headers=AUTH).status_code == 405
+
+
+def test_cancel_marks_the_run_cancelled_and_the_generator_skips_its_jobs(admin: Admin) -> None:
+    reply = admin.client.post("/runs", json={"problems": PROBLEMS_JSON}, headers=AUTH)
+    run_id = reply.json()["run_id"]
+    cancel = admin.client.post(f"/runs/{run_id}/cancel", headers=AUTH)
+    assert cancel.status_code == 200
+    assert cancel.json() == {"run_id": run_id, "status": "cancelled"}
+    assert admin.run(run_id).status == "cancelled"  # type: ignore[union-attr]
+    assert admin.client.post("/runs/no-such-run/cancel", headers=AUTH).status_code == 404
+
+    with admin.sessions() as s:
+        problem = s.scalars(select(Problem).where(Problem.run_id == run_id)).first()
+    assert problem is not None
+    job = phase1_job(run_id, problem, admin.settings, seed=0)
+
+    def no_model(model: str) -> None:
+        raise AssertionError("a job of a cancelled run reached the model")
+
+    stats, published = GeneratorStats(), []
+    handle_jobs([job], admin.sessions, no_model, load_prompts("v1"),  # type: ignore[arg-type]
+                lambda topic, d: published.append(d), stats)  # fmt: skip
+    assert stats.cancelled_skipped == 1 and published == []
+    with admin.sessions() as s:
+        assert s.query(GenerationRow).filter(GenerationRow.run_id == run_id).count() == 0
+
+
+def test_cancel_leaves_a_complete_run_complete(admin: Admin) -> None:
+    run_id = admin.client.post("/runs", json={"problems": PROBLEMS_JSON}, headers=AUTH).json()[
+        "run_id"
+    ]
+    with admin.sessions.begin() as s:
+        s.get_one(Run, run_id).status = "complete"
+    reply = admin.client.post(f"/runs/{run_id}/cancel", headers=AUTH)
+    assert reply.json()["status"] == "complete"

@@ -1,0 +1,445 @@
+"""Faults during a real run: every service SIGKILLed and restarted, the broker restarted (all
+messages lost), the database unreachable for a while. Each disturbed run must end complete and
+consistent: every problem in one final state, nothing stored twice, the counts in the database
+matching what was produced, the shards holding exactly the samples they should.
+
+One stack for the module (a broker of its own, so it can be restarted; PostgreSQL behind a TCP
+proxy, so it can be cut; the five services with the real embedded model and tiny settings), one
+run per test, submitted through the admin endpoint. The runs are small: 3 phase-1 and 3 phase-2
+problems, 16 tokens per turn, one training step, gsm8k with 2 problems for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from kafka import KafkaConsumer
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sampler_svc.handler import build_phase1_set, contaminated, kept_solutions
+from shared import migrations, shards
+from shared.broker import EmbeddedBroker, free_port
+from shared.db import (
+    AttemptCount,
+    CheckpointRow,
+    EvalResult,
+    GenerationRow,
+    Problem,
+    Run,
+    ShardRow,
+    VerdictRow,
+    make_engine,
+    make_sessionmaker,
+)
+from shared.embedded import SERVICES, progress_counts, start_service, stop_service, wait_ready
+from shared.messages import ALL_TOPICS
+from shared.problems import demo_problems
+from shared.settings import CONFIG_ENV, CommonSettings, Settings
+
+log = logging.getLogger(__name__)
+
+POSTGRES = os.environ.get("DUALPHASE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"
+TOKEN = "test-admin-token"
+RUN_TIMEOUT_S = 600.0  # generous: the CPU is shared with other test runs
+SEED = int(os.environ.get("DUALPHASE_FAULT_SEED", "20240611"))
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to a target; ``cut()`` drops every connection and refuses new
+    ones (the database is gone), ``restore()`` accepts again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._up = threading.Event()
+        self.restore()
+
+    def restore(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: same port
+        server.settimeout(0.2)
+        self._up.set()
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self) -> None:
+        self._up.clear()  # the accept loop closes the listening socket
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._sockets.clear()
+        time.sleep(0.5)  # let the accept loop notice
+
+    def _accept(self, server: socket.socket) -> None:
+        with server:
+            while self._up.is_set():
+                try:
+                    client, _ = server.accept()
+                except TimeoutError:
+                    continue
+                upstream = socket.create_connection(self.target)
+                with self._lock:
+                    self._sockets += [client, upstream]
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@dataclass
+class Stack:
+    """The services of the module, and what a test needs to disturb and inspect them."""
+
+    settings: Settings
+    env: dict[str, str]
+    broker: EmbeddedBroker
+    proxy: TcpProxy
+    sessions: sessionmaker[Session]
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def url(self, name: str, path: str) -> str:
+        return f"http://127.0.0.1:{getattr(self.settings, name).port}{path}"
+
+    def start(self, name: str) -> None:
+        self.procs[name] = start_service(name, self.env, self.log_dir)
+
+    def submit(self, seed: int) -> str:
+        """A run of 3 + 3 synthetic problems, through the admin endpoint."""
+        specs = demo_problems(6, seed)
+        problems = [{"id": f"{s.id}-{seed}", "question": s.question, "answer": s.gold}
+                    for s in specs]  # fmt: skip
+        reply = httpx.post(
+            self.url("sampler", "/runs"),
+            json={"problems": problems, "phase1": 3, "seed": seed},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+        assert reply.status_code == 201, reply.text
+        return reply.json()["run_id"]
+
+    def wait_for(self, what: str, check: object, timeout_s: float = RUN_TIMEOUT_S) -> float:
+        """Poll ``check()`` until true; returns the seconds it took."""
+        start = time.monotonic()
+        while not check():  # type: ignore[operator]
+            for name, proc in self.procs.items():
+                assert proc.poll() is None, f"{name}-svc exited: {self.log_tail(name)}"
+            if time.monotonic() - start > timeout_s:
+                logs = "\n".join(self.log_tail(n) for n in SERVICES)
+                pytest.fail(f"{what}: not after {timeout_s:.0f} s\n{logs}")
+            time.sleep(0.5)
+        return time.monotonic() - start
+
+    def wait_complete(self, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> float:
+        """Until the reconciler marks the run complete; returns the seconds waited."""
+
+        def complete() -> bool:
+            with self.sessions() as s:
+                return s.get_one(Run, run_id).status == "complete"
+
+        return self.wait_for(f"run {run_id} complete", complete, timeout_s)
+
+    def count(self, model: type, run_id: str) -> int:
+        with self.sessions() as s:
+            return s.scalar(select(func.count()).where(model.run_id == run_id)) or 0
+
+    def republished(self) -> float:
+        """The sampler's reconciler counter, all kinds."""
+        text = httpx.get(self.url("sampler", "/metrics"), timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("dualphase_reconciler_republished_total{"))  # fmt: skip
+
+    def log_tail(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return f"--- {name}-svc log (tail) ---\n{text[-3000:]}"
+
+
+def _env(settings: Settings, db_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALPHASE_")}
+    env.pop(CONFIG_ENV, None)
+    common = settings.common
+    values = {
+        "COMMON__KAFKA_BOOTSTRAP": common.kafka_bootstrap,
+        "COMMON__DATA_DIR": str(common.data_dir),
+        "COMMON__DATABASE_URL": db_url,
+        "COMMON__TOPIC_PREFIX": common.topic_prefix,
+        "COMMON__PARTITIONS": str(common.partitions),
+        "COMMON__SESSION_TIMEOUT_MS": str(common.session_timeout_ms),
+        "COMMON__RETRY_BACKOFF_S": str(common.retry_backoff_s),
+        "COMMON__RECONCILE_INTERVAL_S": str(common.reconcile_interval_s),
+        "COMMON__ADMIN_TOKEN": common.admin_token,
+        "INFERENCE__BATCH_SIZE": str(settings.inference.batch_size),
+        "GENERATOR__MAX_NEW_TOKENS": str(settings.generator.max_new_tokens),
+        "SAMPLER__SCHEDULE": json.dumps(settings.sampler.schedule),
+        "TRAINER__PRESET": settings.trainer.preset,
+        "TRAINER__MAX_STEPS": str(settings.trainer.max_steps),
+        "EVAL__BENCHMARKS": json.dumps(settings.eval.benchmarks),
+        "EVAL__LIMIT": str(settings.eval.limit),
+        "EVAL__SAMPLES": str(settings.eval.samples),
+        "EVAL__MAX_NEW_TOKENS": str(settings.eval.max_new_tokens),
+        "EVAL__BASELINE_MODES": "[]",
+        "EVAL__DATASETS_DIR": str(settings.eval.datasets_dir),
+    }
+    for name in SERVICES:
+        values[f"{name.upper()}__PORT"] = str(getattr(settings, name).port)
+    env.update({f"DUALPHASE_{k}": v for k, v in values.items()})
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("faults")
+    name = f"dualphase_faults_{uuid.uuid4().hex[:10]}"
+    admin_url = POSTGRES.replace("postgresql+psycopg", "postgresql") + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    direct_url = f"{POSTGRES}/{name}"
+    migrations.upgrade(direct_url)
+    pg_host, pg_port = POSTGRES.rsplit("@", 1)[1].split(":")
+    proxy = TcpProxy((pg_host, int(pg_port)))
+    proxied_url = f"{POSTGRES.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}/{name}"
+    broker = EmbeddedBroker().start()
+    common = CommonSettings(
+        data_dir=data_dir,
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=f"f{uuid.uuid4().hex[:8]}-",
+        partitions=2,
+        session_timeout_ms=6000,
+        retry_backoff_s=0.2,
+        reconcile_interval_s=4.0,
+        admin_token=TOKEN,
+    )
+    settings = Settings(common=common)
+    settings.inference.batch_size = 8
+    settings.generator.max_new_tokens = 16
+    settings.sampler.schedule = [1, 2]
+    settings.trainer = settings.trainer.model_validate({"preset": "cpu-tiny", "max_steps": 1})
+    settings.eval = settings.eval.model_validate(
+        {"benchmarks": ["gsm8k"], "limit": 2, "samples": 1, "max_new_tokens": 32,
+         "baseline_modes": [], "datasets_dir": DATASETS}
+    )  # fmt: skip
+    for service in SERVICES:
+        getattr(settings, service).port = free_port()
+    engine = make_engine(direct_url)  # the test itself reads the database directly
+    stack = Stack(settings, _env(settings, proxied_url), broker, proxy,
+                  make_sessionmaker(engine), data_dir / "logs")  # fmt: skip
+    try:
+        for service in SERVICES:
+            stack.start(service)
+        wait_ready(settings, SERVICES, stack.procs)
+        yield stack
+    finally:
+        for proc in reversed(stack.procs.values()):
+            stop_service(proc)
+        stack.broker.stop()
+        engine.dispose()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def assert_consistent(stack: Stack, run_id: str) -> None:
+    """Complete and consistent: what the database says was produced is there exactly once."""
+    settings, schedule = stack.settings, stack.settings.sampler.schedule
+    counts = progress_counts(stack.sessions, run_id)
+    assert all(done == total for done, total in counts.values()), counts
+    with stack.sessions() as s:
+        run = s.get_one(Run, run_id)
+        assert run.status == "complete"
+        problems = {p.problem_id: p.phase for p in
+                    s.scalars(select(Problem).where(Problem.run_id == run_id))}  # fmt: skip
+        gens = s.scalars(select(GenerationRow).where(GenerationRow.run_id == run_id)).all()
+        verdicts = s.scalars(select(VerdictRow).where(VerdictRow.run_id == run_id)).all()
+        # One verdict per generation, none without one, none twice.
+        assert sorted(g.sample_id for g in gens) == sorted(v.sample_id for v in verdicts)
+        assert len({g.sample_id for g in gens}) == len(gens)
+        # Phase 1: one three-turn dialogue per problem.
+        phase1 = [g for g in gens if g.phase == 1]
+        assert sorted(g.problem_id for g in phase1) == sorted(p for p, ph in problems.items()
+                                                              if ph == 1)  # fmt: skip
+        assert all(len(g.turns) == 3 for g in phase1)
+        # Phase 2: every problem in exactly one final state, with the samples its rounds called
+        # for (no more, no fewer) and attempt counts equal to its verdict rows.
+        attempts = s.scalars(select(AttemptCount).where(AttemptCount.run_id == run_id)).all()
+        assert sorted(a.problem_id for a in attempts) == sorted(p for p, ph in problems.items()
+                                                                if ph == 2)  # fmt: skip
+        for a in attempts:
+            mine = [v for v in verdicts if v.problem_id == a.problem_id]
+            assert a.state == ("solved" if a.corrects else "exhausted"), a.state
+            assert a.attempts == len(mine) == sum(schedule[: a.round + 1])
+            assert a.corrects == sum(v.accepted for v in mine)
+            assert a.state == "solved" or a.round == len(schedule) - 1
+        # The shards hold exactly the balanced phase-1 set and the kept phase-2 solutions.
+        drop = contaminated(s, run_id, settings)
+        phase1_ids = [v.sample_id for v in build_phase1_set(s, run_id, run.seed, drop).kept]
+        solved = sorted(a.problem_id for a in attempts if a.state == "solved")
+        keep_k = settings.sampler.keep_k
+        kept = [g.sample_id for p in solved if p not in drop
+                for g in kept_solutions(s, run_id, p, keep_k)]  # fmt: skip
+        expected = {"phase1": phase1_ids, "joint": phase1_ids + kept}
+        rows = s.scalars(select(ShardRow).where(ShardRow.run_id == run_id)).all()
+        assert sorted(r.stage for r in rows) == ["joint", "phase1"]
+        for row in rows:
+            assert shards.sha256_file(Path(row.path)) == row.sha256
+            lines = Path(row.path).read_text().splitlines()
+            assert [json.loads(line)["sample_id"] for line in lines] == expected[row.stage]
+        # One ready checkpoint per stage, each evaluated once per benchmark and mode.
+        ckpts = s.scalars(select(CheckpointRow).where(CheckpointRow.run_id == run_id)).all()
+        assert sorted((c.stage, c.status) for c in ckpts) == [("M1", "ready"), ("M2", "ready")]
+        evals = s.execute(select(EvalResult.checkpoint_id, EvalResult.benchmark, EvalResult.mode)
+                          .where(EvalResult.run_id == run_id)).all()  # fmt: skip
+        assert sorted(e.checkpoint_id for e in evals) == sorted(["base", *(c.id for c in ckpts)])
+    assert_nothing_dead_lettered(stack, run_id)
+
+
+def assert_nothing_dead_lettered(stack: Stack, run_id: str) -> None:
+    """No message of the run went to a DLQ: faults are retried, never given up on."""
+    common = stack.settings.common
+    consumer = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, group_id=None,
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000)  # fmt: skip
+    try:
+        consumer.subscribe([common.topic_prefix + t + ".dlq" for t in ALL_TOPICS])
+        letters = [r.value.decode(errors="replace") for r in consumer]
+    finally:
+        consumer.close()
+    assert letters == [], f"dead letters while running {run_id}: {letters}"
+
+
+def services_alive(stack: Stack) -> dict[str, int]:
+    for name, proc in stack.procs.items():
+        assert proc.poll() is None, stack.log_tail(name)
+    return {name: proc.pid for name, proc in stack.procs.items()}
+
+
+def test_run_completes_consistent_when_each_service_is_sigkilled_and_restarted(
+    stack: Stack,
+) -> None:
+    rng = random.Random(SEED)
+    run_id = stack.submit(seed=11)
+    order = rng.sample(SERVICES, len(SERVICES))
+    for name in order:
+        delay = rng.uniform(0.5, 6.0)
+        time.sleep(delay)
+        counts = progress_counts(stack.sessions, run_id)
+        print(f"seed {SEED}: SIGKILL {name}-svc after {delay:.1f} s; progress {counts}")
+        stack.procs[name].send_signal(signal.SIGKILL)
+        stack.procs[name].wait()
+        stack.start(name)
+    waited = stack.wait_complete(run_id)
+    print(f"run {run_id} complete {waited:.0f} s after the last restart")
+    assert_consistent(stack, run_id)
+
+
+def test_run_completes_consistent_when_the_database_is_unreachable_for_ten_seconds(
+    stack: Stack,
+) -> None:
+    pids = services_alive(stack)
+    run_id = stack.submit(seed=13)
+    delay = random.Random(SEED + 1).uniform(0.0, 5.0)
+    stack.wait_for("phase-1 verdicts", lambda: stack.count(VerdictRow, run_id) >= 1)
+    time.sleep(delay)
+    print(
+        f"cutting the database {delay:.1f} s after the first verdict; progress "
+        f"{progress_counts(stack.sessions, run_id)}"
+    )
+    stack.proxy.cut()
+    try:
+        time.sleep(3)
+        ready = httpx.get(stack.url("sampler", "/readyz"), timeout=15)
+        assert ready.status_code == 503 and ready.json()["checks"]["database"].startswith("error")
+        time.sleep(7)
+    finally:
+        stack.proxy.restore()
+    stack.wait_complete(run_id)
+    statuses = {n: httpx.get(stack.url(n, "/status"), timeout=10).json() for n in SERVICES}
+    retries = {n: sum(c["retries"] for c in st["consumers"]) for n, st in statuses.items()}
+    print(
+        f"retries after the database outage: {retries}; "
+        f"reconciler: {statuses['sampler']['reconciler']}"
+    )
+    assert statuses["sampler"]["reconciler"]["failed_passes"] >= 1
+    assert services_alive(stack) == pids
+    assert_consistent(stack, run_id)
+
+
+# Last: a consumer that never re-joins after the broker restart (see xfail) stalls later runs.
+@pytest.mark.xfail(
+    reason="After a Tansu restart, one consumer in a few (kafka-python 3.0.12) sometimes never "
+    "finishes its re-join: the leader logs 'performing partition assignments' and SyncGroup never "
+    "completes, so that stage stalls (seen on the trainer and on the generator; py-spy: main "
+    "thread in Fetcher.send_fetches). The reconciler cannot help a consumer that never consumes.",
+    strict=False,
+)
+def test_run_completes_when_the_broker_restarts_and_loses_queued_jobs(stack: Stack) -> None:
+    """The phase-2 jobs are queued on the broker when it restarts on the same port: they are
+    gone, and only the reconciler can bring them back. The generator is paused (SIGSTOP) while
+    they are queued and resumed once the broker is down, so it cannot take them. No service is
+    restarted."""
+    pids = services_alive(stack)
+    run_id = stack.submit(seed=12)
+    generator = stack.procs["generator"]
+    # Verdicts, not generations: the generator publishes its dialogues after writing the rows.
+    stack.wait_for("phase-1 verdicts", lambda: stack.count(VerdictRow, run_id) >= 3)
+    generator.send_signal(signal.SIGSTOP)
+    try:
+        # Round 0 of phase 2 is published when M1 is ready; the paused generator cannot take it.
+        stack.wait_for("phase 2 started", lambda: stack.count(AttemptCount, run_id) == 3)
+        time.sleep(2)
+        before = stack.republished()
+        port = stack.broker.port
+        stack.broker.stop()
+    finally:
+        generator.send_signal(signal.SIGCONT)
+    stack.broker = EmbeddedBroker(port).start()
+    restarted = time.monotonic()
+    print(f"broker restarted on port {port}")
+    # Shorter limits: a consumer that hangs in its re-join (see xfail) never recovers.
+    first = stack.wait_for("a phase-2 generation after the restart",
+                           lambda: stack.count(GenerationRow, run_id) > 3, 240)  # fmt: skip
+    stack.wait_complete(run_id, 300)
+    total = time.monotonic() - restarted
+    republished = stack.republished() - before
+    print(
+        f"broker restart: first phase-2 generation {first:.1f} s after the restart, run complete "
+        f"{total:.1f} s after it; reconciler re-published {republished:.0f} messages"
+    )
+    # The jobs come back directly, or through the M1 announcement (the sampler answers it with
+    # the pending jobs), whichever the reconciler finds first.
+    assert republished >= 1
+    assert services_alive(stack) == pids  # nobody was restarted
+    assert_consistent(stack, run_id)
