@@ -69,8 +69,8 @@ def done(session: Session, run_id: str, checkpoint_id: str) -> set[tuple[str, st
         select(EvalResult.benchmark, EvalResult.mode).where(
             EvalResult.run_id == run_id, EvalResult.checkpoint_id == checkpoint_id
         )
-    ).tuples()
-    return set(rows)
+    )
+    return {(benchmark, mode) for benchmark, mode in rows}
 
 
 def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

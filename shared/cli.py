@@ -275,7 +275,72 @@ def bench_sampling(
         schedules=schedules,
     )
     console.print(f"Beta({alpha}, {beta}) solve probabilities, {problems} problems x {trials} runs")
-    typer.echo(format_table(simulate(sim), sim))  # plain: rich would wrap the Markdown rows
+    # plain echo: rich would wrap the Markdown rows
+    typer.echo(format_table(simulate(sim), sim.batch, sim.keep_k))
+
+
+@bench_app.command("sampling-measured")
+def bench_sampling_measured(
+    problems: Annotated[int, typer.Option(help="Synthetic problems to sample.")] = 100,
+    problem_seed: Annotated[int, typer.Option(help="Seed of the problem draw.")] = 7,
+    seed: Annotated[int, typer.Option(help="Run seed: sample j is seeded seed + j.")] = 0,
+    cap: Annotated[int, typer.Option(help="Samples per problem of the uniform schedule.")] = 100,
+    schedule: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Schedule to compare (repeatable). Default: the paper's and the configured one."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Drawing processes, one model each.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Write the per-problem streams here.")] = None,
+    replay: Annotated[
+        Path | None, typer.Option(help="Evaluate the streams of an earlier --out, no drawing.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Measure phase-2 schedules on the configured model: the simulation's table, real samples."""
+    import json
+    import time
+
+    from shared.measured_sampling import draw_parallel, first_indices, waves_up_to
+    from shared.simulation import PAPER_SCHEDULE, compare, format_table
+    from shared.synthetic import make_problems
+
+    settings = load_settings(config)
+    schedules = {"paper": PAPER_SCHEDULE, "configured": settings.sampler.schedule}
+    if schedule:
+        schedules = {f"option {i + 1}": [int(n) for n in text.split(",")]
+                     for i, text in enumerate(schedule)}  # fmt: skip
+    longest = max(cap, *(sum(s) for s in schedules.values()))  # the stream serves every cap
+    if replay:
+        saved = json.loads(replay.read_text())
+        streams, meta = saved["streams"], saved["meta"]
+    else:
+        waves = waves_up_to(settings.sampler.schedule, longest)
+        began = time.perf_counter()
+        streams = draw_parallel(settings, make_problems(problems, problem_seed), waves, seed,
+                                workers, out)  # fmt: skip
+        meta = {"problems": problems, "problem_seed": problem_seed, "seed": seed, "waves": waves,
+                "model": settings.inference.model, "dtype": settings.inference.dtype,
+                "batch_size": settings.inference.batch_size,
+                "max_new_tokens": settings.generator.max_new_tokens,
+                "temperature": settings.generator.temperature,
+                "disabled_rules": settings.verifier.disabled_rules,
+                "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
+        if out:
+            out.write_text(json.dumps({"meta": meta, "streams": streams}) + "\n")
+    drawn = sum(len(s["accepted"]) for s in streams)
+    tokens = sum(sum(s["tokens"]) for s in streams)
+    console.print(f"{len(streams)} problems, {drawn} samples ({tokens} tokens) drawn in "
+                  f"{meta['seconds']} s; {meta}")  # fmt: skip
+    first = first_indices(streams)
+    for level in sorted({s["level"] for s in streams}):
+        at = sorted(int(f) for s, f in zip(streams, first[0], strict=True)
+                    if s["level"] == level and f <= cap)  # fmt: skip
+        count = sum(s["level"] == level for s in streams)
+        console.print(f"level {level}: {len(at)}/{count} solved within {cap}, first at {at}")
+    typer.echo(format_table(compare(first, cap, schedules), meta["batch_size"],
+                            settings.sampler.keep_k))  # fmt: skip
 
 
 @app.command()

@@ -92,9 +92,7 @@ def load_run(session: Session, run_id: str) -> ReportData:
     stages = dict(
         session.execute(
             select(CheckpointRow.id, CheckpointRow.stage).where(CheckpointRow.run_id == run_id)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     stages.setdefault(BASE_CHECKPOINT_ID, "M0")
 
@@ -120,7 +118,7 @@ def load_run(session: Session, run_id: str) -> ReportData:
         select(EvalSampleRow.checkpoint_id, EvalSampleRow.mode, EvalSampleRow.tokens).where(
             EvalSampleRow.run_id == run_id
         )
-    ).tuples()
+    )
     lengths: dict[str, list[int]] = defaultdict(list)
     for checkpoint_id, mode, tokens in samples:
         lengths[model_label(stage(checkpoint_id), mode)].append(tokens)

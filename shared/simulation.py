@@ -52,7 +52,7 @@ class Outcome:
     samples: float  # samples spent per problem
     ideal_samples: float  # the one-at-a-time ideal with the same cap, per problem
     smallest_wave: float  # samples in the smallest round of a run (expected)
-    kept: float  # correct solutions kept per solved problem (at most keep_k)
+    kept: float | None  # correct solutions kept per solved problem (at most keep_k)
 
     @property
     def relative(self) -> float:
@@ -69,20 +69,26 @@ def _draws(config: SimulationConfig) -> tuple[np.ndarray, np.ndarray, np.random.
 def run_schedule(
     name: str,
     schedule: list[int],
-    config: SimulationConfig,
-    p: np.ndarray,
     first: np.ndarray,
-    rng: np.random.Generator,
+    keep: tuple[np.ndarray, np.random.Generator, int] | None = None,
 ) -> Outcome:
-    """Average outcome of a round schedule; ``first`` holds each problem's first correct index."""
+    """Average outcome of a round schedule over runs (rows) of problems (columns).
+
+    ``first`` holds each problem's index (1-based) of its first correct sample; any value past
+    every cap means never solved. ``keep`` = (solve probabilities, rng, k) estimates the correct
+    solutions kept; without it (measured indices: later samples were never drawn) kept is None.
+    """
     ends = np.cumsum(schedule)
     cap = int(ends[-1])
     last = np.searchsorted(ends, first)  # round holding the first correct sample (len: none)
     solved = last < len(ends)
     spent = ends[np.minimum(last, len(ends) - 1)]
-    # Samples after the first correct one in its round are correct with probability p each.
-    extra = rng.binomial(np.where(solved, spent - first, 0), p)
-    kept = np.minimum(1 + extra, config.keep_k)
+    kept = None
+    if keep is not None:
+        p, rng, k = keep
+        # Samples after the first correct one in its round are correct with probability p each.
+        extra = rng.binomial(np.where(solved, spent - first, 0), p)
+        kept = float(np.minimum(1 + extra, k)[solved].mean()) if solved.any() else 0.0
     starts = np.concatenate([[0], ends[:-1]])
     waves = [(schedule[r] * (first > starts[r]).sum(axis=1)).mean() for r in range(len(ends))]
     return Outcome(
@@ -93,33 +99,44 @@ def run_schedule(
         samples=float(spent.mean()),
         ideal_samples=float(np.minimum(first, cap).mean()),
         smallest_wave=float(min(waves)),
-        kept=float(kept[solved].mean()) if solved.any() else 0.0,
+        kept=kept,
     )
 
 
-def simulate(config: SimulationConfig) -> list[Outcome]:
-    """Uniform, single pass, the configured schedules and the ideal, on the same draws."""
-    p, first, rng = _draws(config)
-    schedules = {
-        "uniform": [config.cap],
+def compare(
+    first: np.ndarray,
+    cap: int,
+    schedules: dict[str, list[int]],
+    keep: tuple[np.ndarray, np.random.Generator, int] | None = None,
+) -> list[Outcome]:
+    """Uniform, single pass, the given schedules and the ideal, on the same first indices."""
+    named = {
+        "uniform": [cap],
         "single pass": [1],
-        **config.schedules,
-        "ideal (one at a time)": [1] * config.cap,
+        **schedules,
+        "ideal (one at a time)": [1] * cap,
     }
-    return [run_schedule(name, s, config, p, first, rng) for name, s in schedules.items()]
+    return [run_schedule(name, s, first, keep) for name, s in named.items()]
 
 
-def format_table(outcomes: list[Outcome], config: SimulationConfig) -> str:
+def simulate(config: SimulationConfig) -> list[Outcome]:
+    """Every schedule on the same simulated draws."""
+    p, first, rng = _draws(config)
+    return compare(first, config.cap, config.schedules, (p, rng, config.keep_k))
+
+
+def format_table(outcomes: list[Outcome], batch: int, keep_k: int) -> str:
     """A Markdown table, samples relative to the ideal printed as N.NNx."""
     lines = [
         "| schedule | rounds | coverage | samples/problem | vs ideal | smallest round "
-        f"(batch {config.batch}) | kept/solved (k={config.keep_k}) |",
+        f"(batch {batch}) | kept/solved (k={keep_k}) |",
         "|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
-        fills = "fills" if o.smallest_wave >= config.batch else "UNDER"
+        fills = "fills" if o.smallest_wave >= batch else "UNDER"
+        kept = "-" if o.kept is None else f"{o.kept:.2f}"
         lines.append(
             f"| {o.name}: {o.schedule} | {o.rounds} | {o.coverage:.1%} | {o.samples:.2f} | "
-            f"{o.relative:.2f}x | {o.smallest_wave:.0f} ({fills}) | {o.kept:.2f} |"
+            f"{o.relative:.2f}x | {o.smallest_wave:.0f} ({fills}) | {kept} |"
         )
     return "\n".join(lines)
