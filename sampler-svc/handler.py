@@ -297,9 +297,9 @@ def reconcile(session: Session, settings: Settings) -> list[Message]:
     """At start-up: everything that should have been published and may have been lost."""
     out: list[Message] = []
     for run_id in session.scalars(select(Run.id).order_by(Run.id)).all():
-        out += seal_phase1(session, run_id, settings)
+        out += seal_phase1(session, run_id, settings, again=True)
         out += pending_jobs(session, run_id, settings)
-        out += seal_phase2(session, run_id, settings)
+        out += seal_phase2(session, run_id, settings, again=True)
     return out
 
 
@@ -379,8 +379,15 @@ def contaminated(session: Session, run_id: str, settings: Settings) -> set[str]:
     return {p.problem_id for p in problems if check.match(p.question)}
 
 
-def seal_phase1(session: Session, run_id: str, settings: Settings) -> list[Message]:
-    """Write the phase-1 shard once every phase-1 problem has a verdict; its manifest."""
+def seal_phase1(
+    session: Session, run_id: str, settings: Settings, again: bool = False
+) -> list[Message]:
+    """Write the phase-1 shard once every phase-1 problem has a verdict; its manifest.
+
+    The verifier writes verdict rows before the sampler reads its messages, so every message of
+    the sampler's backlog can find all verdicts present: only the call that writes the shard
+    announces it, unless ``again`` (the reconciler re-announces a shard whose publish was lost).
+    """
     run = session.get(Run, run_id, with_for_update=True)  # one replica seals, the others wait
     if run is None:
         raise ValueError(f"run {run_id!r} is not in the runs table")
@@ -407,13 +414,18 @@ def seal_phase1(session: Session, run_id: str, settings: Settings) -> list[Messa
             shards.write_jsonl(rows, shards.shard_path(settings.common.data_dir, run_id, "phase1"))
         ]
         shards.register(session, run_id, "phase1", files)
+    elif not again:
+        return []
     return _unless_trained(
         session, shards.manifest(run_id, "phase1", files, settings.inference.model)
     )
 
 
-def seal_phase2(session: Session, run_id: str, settings: Settings) -> list[Message]:
-    """Write the phase-2 (sequential) or joint shard once no phase-2 problem is pending."""
+def seal_phase2(
+    session: Session, run_id: str, settings: Settings, again: bool = False
+) -> list[Message]:
+    """Write the phase-2 (sequential) or joint shard once no phase-2 problem is pending; its
+    manifest, announced by the call that writes the shard or ``again`` (as ``seal_phase1``)."""
     checkpoint = _sampling_checkpoint(session, run_id)
     if checkpoint is None:
         return []
@@ -454,6 +466,8 @@ def seal_phase2(session: Session, run_id: str, settings: Settings) -> list[Messa
         path = shards.shard_path(settings.common.data_dir, run_id, stage)
         files = [shards.write_jsonl(rows, path)]
         shards.register(session, run_id, stage, files)
+    elif not again:
+        return []
     base, parent = (settings.inference.model, "") if joint else (checkpoint.path, checkpoint.id)
     return _unless_trained(session, shards.manifest(run_id, stage, files, base, parent))
 

@@ -147,9 +147,9 @@ class Reconciler:
         jobs, dialogues = unfinished_phase1(self.settings, self.sessions, run_id)
         with self.sessions.begin() as session:  # the seals may write a shard
             sampler = (
-                seal_phase1(session, run_id, self.settings)
+                seal_phase1(session, run_id, self.settings, again=True)
                 + pending_jobs(session, run_id, self.settings)
-                + seal_phase2(session, run_id, self.settings)
+                + seal_phase2(session, run_id, self.settings, again=True)
             )
             checkpoints = self._stalled_checkpoints(session, run_id)
         return [*jobs, *dialogues, *sampler, *checkpoints]

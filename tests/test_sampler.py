@@ -264,9 +264,33 @@ def test_phase1_set_is_exactly_one_to_one_on_real_verdicts(
     assert manifest.files[0].rows == 16 and all(r["source"] == "multi-turn" for r in rows)
     assert rows[0]["completion"][0]["content"].startswith("Solving step by step")  # turn 3
 
-    with sessions.begin() as session:  # a redelivered verdict: same shard, file untouched
-        assert sampler.on_verdicts(session, messages[3], settings) == [manifest]
+    with sessions.begin() as session:  # a redelivered verdict: announced once, file untouched
+        assert sampler.on_verdicts(session, messages[3], settings) == []
+        recovered = sampler.reconcile(session, settings)  # a lost publish is announced again
+    assert manifest in recovered
     shards.verify(manifest.files[0])
+
+
+def test_phase1_manifest_is_announced_once_when_the_verifier_wrote_every_verdict_first(
+    db_url: str, tmp_path: Path
+) -> None:
+    # verifier-svc writes verdict rows before the sampler reads its messages: with a backlog,
+    # every message the sampler reads finds all phase-1 verdicts present.
+    sessions = make_sessionmaker(make_engine(db_url))
+    settings = make_settings(tmp_path)
+    pids = [f"p{i}" for i in range(4)]
+    run_id = add_run(sessions, phase1=[(p, f"Question {p}?", "1") for p in pids])
+    messages = [phase1_verdicts(run_id, p, "WR" if i % 2 else "RR") for i, p in enumerate(pids)]
+    with sessions.begin() as session:
+        for pid, msg in zip(pids, messages, strict=True):
+            add_generations(session, phase1_job(run_id, pid), [["1", "Review.", f"{CHECKS} 1"]])
+            sampler.record_verdicts(session, msg)
+    published = []
+    for msg in messages:
+        with sessions.begin() as session:
+            published += sampler.on_verdicts(session, msg, settings)
+    (manifest,) = published
+    assert isinstance(manifest, ShardManifest) and manifest.files[0].rows == 4
 
 
 def test_decontamination_drops_a_planted_benchmark_problem(db_url: str, tmp_path: Path) -> None:
