@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     settings = Settings()

@@ -3,11 +3,12 @@
 Both runs use the same in-process model, the same prompts (GSM8K questions from the shared
 datasets), greedy decoding and the same max_new_tokens. Sequential is one conversation per
 ``generate`` call; batched is one ``chat`` call with ``--batch-size`` rows per ``generate`` call.
-The compute bound is a matmul rate measured here in the model's dtype divided by
-2 x parameters FLOPs per generated token.
+Each dtype of ``--dtypes`` is measured in turn, in one run, and the line above the table says
+what ``inference.dtype: auto`` chooses on this CPU and why (shared/hardware.py). The compute
+bound is a matmul rate measured here in that dtype divided by 2 x parameters FLOPs per generated
+token.
 
-    python benchmarks/inference.py --prompts 64 --max-new-tokens 64 --batch-size 64 --threads 1 \
-        --dtype bfloat16
+    python benchmarks/inference.py --prompts 16 --max-new-tokens 32 --batch-size 16 --threads 1
 """
 
 from __future__ import annotations
@@ -22,12 +23,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
+from shared.hardware import resolve_dtype, set_threads
 from shared.inference import TransformersBackend, load_backend
 from shared.messages import SamplingParams
 from shared.settings import InferenceConfig
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared/datasets/benchmarks/gsm8k/test.jsonl"
 INSTRUCTION = "Solve step by step and put the final answer in \\boxed{}."
+BF16_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+# Environment variables that restrict the kernels torch, oneDNN and MKL may use (the AVX2
+# imitation of docs/benchmarks.md).
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its flags that matter for bfloat16, plus any ISA restriction."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                  if ln.startswith("model name")), "unknown CPU")  # fmt: skip
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                  if ln.startswith("flags")), [])  # fmt: skip
+    present = [f for f in BF16_FLAGS if f in flags]
+    limits = [f"{k}={os.environ[k]}" for k in ISA_ENV if k in os.environ]
+    return f"{model}; flags {' '.join(present) or 'none of ' + ' '.join(BF16_FLAGS)}" + (
+        f"; restricted by {' '.join(limits)}" if limits else ""
+    )
 
 
 def conversations(path: Path, count: int) -> list[list[dict[str, str]]]:
@@ -56,20 +76,9 @@ def timed(backend: TransformersBackend, convs: list, params: SamplingParams, one
     return sum(c.tokens for r in results for c in r.completions), seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: all cores")
-    parser.add_argument(
-        "--dtype", default="auto", help="auto (the weights': float32) or bfloat16 (AMX CPUs)"
-    )
-    parser.add_argument("--dataset", type=Path, default=GSM8K)
-    args = parser.parse_args()
-
+def measure(args: argparse.Namespace, dtype: str) -> None:
     backend = load_backend(
-        InferenceConfig(batch_size=args.batch_size, threads=args.threads, dtype=args.dtype)
+        InferenceConfig(batch_size=args.batch_size, threads=args.threads, dtype=dtype)
     )
     assert isinstance(backend, TransformersBackend)
     convs = conversations(args.dataset, args.prompts)
@@ -78,27 +87,41 @@ def main() -> None:
 
     seq_tokens, seq_s = timed(backend, convs, params, one_by_one=True)
     bat_tokens, bat_s = timed(backend, convs, params, one_by_one=False)
-    dtype = backend.model.dtype
-    gflops = matmul_gflops(dtype)
+    gflops = matmul_gflops(backend.model.dtype)
     n_params = sum(p.numel() for p in backend.model.parameters())
     bound = gflops * 1e9 / (2 * n_params)
-
     seq_rate, bat_rate = seq_tokens / seq_s, bat_tokens / bat_s
-    load = os.getloadavg()[0]
     print(
-        f"model {backend.model_id} ({n_params / 1e6:.1f}M parameters), torch threads "
-        f"{torch.get_num_threads()}, {dtype}, load average {load:.1f} on {os.cpu_count()} cores"
+        f"| {dtype} | {seq_rate:.1f} | {bat_rate:.1f} | {bat_rate / seq_rate:.1f}x | "
+        f"{gflops:.1f} | {bound:.0f} | {bat_rate / bound:.0%} |"
     )
-    print(f"{args.prompts} prompts, max_new_tokens {args.max_new_tokens}, greedy")
-    print("| run | generated tokens | seconds | tokens/s |")
-    print("|---|---|---|---|")
-    print(f"| sequential (1 per generate) | {seq_tokens} | {seq_s:.1f} | {seq_rate:.1f} |")
-    print(f"| batched (batch {args.batch_size}) | {bat_tokens} | {bat_s:.1f} | {bat_rate:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: all cores")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes")
+    parser.add_argument("--dataset", type=Path, default=GSM8K)
+    args = parser.parse_args()
+
+    set_threads(args.threads)
+    auto = resolve_dtype("auto", "cpu")
+    print(f"CPU: {cpu_name()}")
+    print(f"auto chooses {auto.dtype}: {auto.reason}")
     print(
-        f"compute bound: {gflops:.1f} GFLOP/s {dtype} matmul / (2 x {n_params / 1e6:.1f}M) = "
-        f"{bound:.0f} tokens/s; batched reaches {bat_rate / bound:.0%} of it"
+        f"model SmolLM2-135M-Instruct, torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores; {args.prompts} prompts, max_new_tokens "
+        f"{args.max_new_tokens}, greedy, batch {args.batch_size}"
     )
-    print(f"speed-up: {bat_rate / seq_rate:.1f}x")
+    print("| dtype | sequential tokens/s | batched tokens/s | speed-up | matmul GFLOP/s "
+          "| compute bound tokens/s | batched share of it |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for dtype in args.dtypes.split(","):
+        measure(args, dtype)
 
 
 if __name__ == "__main__":

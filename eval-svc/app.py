@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from eval_svc.handler import handle
 from shared.bus import Consumer
+from shared.hardware import inference_dtype
 from shared.messages import CHECKPOINTS, CheckpointReady
 from shared.service import run_service, setup
 from shared.settings import load_settings
@@ -12,6 +13,7 @@ from shared.settings import load_settings
 def main() -> None:
     settings = load_settings()
     engine, sessions, publisher = setup(settings)
+    dtype = inference_dtype(settings.inference)  # logged now, shown on /status
     counts = {"evaluations": 0}
 
     def on_message(msg: CheckpointReady) -> None:
@@ -20,4 +22,4 @@ def main() -> None:
     consumer = Consumer(settings.common, CHECKPOINTS, "eval-checkpoints", CheckpointReady,
                         on_message, publisher)  # fmt: skip
     run_service("eval-svc", settings, settings.eval.port, engine, publisher, [consumer],
-                lambda: dict(counts))  # fmt: skip
+                lambda: {**counts, "dtype": dtype})  # fmt: skip

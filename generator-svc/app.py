@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from generator_svc.handler import GeneratorStats, handle_jobs
 from shared.bus import Consumer
+from shared.hardware import inference_dtype
 from shared.inference import Backend, load_backend
 from shared.messages import PROBLEMS, ProblemJob
 from shared.prompts import load_prompts
@@ -16,6 +17,7 @@ from shared.settings import load_settings
 def main() -> None:
     settings = load_settings()
     engine, sessions, publisher = setup(settings)
+    dtype = inference_dtype(settings.inference)  # logged now, shown on /status
     prompts = load_prompts(settings.generator.prompt_version)
     stats = GeneratorStats()
 
@@ -31,5 +33,7 @@ def main() -> None:
         settings.common, PROBLEMS, "generator", ProblemJob, handle, publisher,
         batch_size=settings.inference.batch_size,
     )  # fmt: skip
-    run_service("generator-svc", settings, settings.generator.port, engine, publisher, [consumer],
-                stats.as_dict)  # fmt: skip
+    run_service(
+        "generator-svc", settings, settings.generator.port, engine, publisher, [consumer],
+        lambda: {**stats.as_dict(), "dtype": dtype},
+    )  # fmt: skip

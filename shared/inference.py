@@ -11,7 +11,6 @@ the model that wrote them. Sample ``i`` of every conversation is seeded with ``p
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -106,21 +105,19 @@ class TransformersBackend:
     """In-process transformers: rows sorted by prompt length, one ``generate`` call per batch."""
 
     def __init__(self, model: str, cfg: InferenceConfig) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        # torch's default counts the host's cores; 0 here means the cores this process may use.
-        # On a machine shared with other busy processes, fewer threads are much faster.
-        torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
-        self.device = cfg.device
-        if self.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        from shared.hardware import resolve_dtype, set_threads
+
+        set_threads(cfg.threads)
+        self.dtype = resolve_dtype(cfg.dtype, cfg.device)
+        self.device = self.dtype.device
         self.batch_size = cfg.batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left"  # generation continues at the right end of each row
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=cfg.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype.torch_dtype)
         self.model.to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}

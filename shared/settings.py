@@ -91,7 +91,12 @@ class InferenceConfig(BaseModel):
     )
     batch_size: int = Field(16, ge=1, description="Conversations per generate call.")
     device: str = Field("auto", description="Torch device for the transformers backend.")
-    dtype: str = Field("auto", description="Torch dtype for in-process backends.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Torch dtype of in-process backends. auto: bfloat16 on a GPU that supports "
+        "it and on a CPU that runs it natively (AMX or AVX512-BF16, confirmed by a matmul probe), "
+        "float32 elsewhere (shared/hardware.py).",
+    )
     openai_base_url: str = Field(
         "http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible server."
     )
@@ -221,7 +226,11 @@ class TrainerSettings(BaseModel):
     lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of updates spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    bf16: bool = Field(True, description="bf16 mixed precision (GPU); off on CPU.")
+    bf16: Literal["auto"] | bool = Field(
+        "auto",
+        description="bf16 mixed precision. auto: where the hardware runs bfloat16 natively, by "
+        "the rule of inference.dtype auto (never on a CPU that emulates it).",
+    )
     gradient_checkpointing: bool = Field(True, description="Trade compute for activation memory.")
     save_steps: int = Field(100, ge=1, description="Save a resumable checkpoint every N updates.")
     save_total_limit: int = Field(2, ge=1, description="Resumable checkpoints kept per shard.")
@@ -273,7 +282,6 @@ CPU_TINY: dict[str, object] = {
     "max_length": 512,
     "packing": True,
     "warmup_ratio": 0.0,
-    "bf16": False,
     "gradient_checkpointing": False,
     "save_steps": 2,
     "logging_steps": 1,

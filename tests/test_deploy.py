@@ -186,7 +186,6 @@ def tiny_run_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str) -
         "INFERENCE__BATCH_SIZE": "4",
         "INFERENCE__THREADS": "1",  # five services share two cores
         "TRAINER__THREADS": "1",
-        "INFERENCE__DTYPE": "bfloat16",
         "SAMPLER__SCHEDULE": "[1, 1]",
         "TRAINER__PRESET": "cpu-tiny",
         "TRAINER__MAX_STEPS": "1",

@@ -52,7 +52,7 @@ def test_waves_continue_the_schedule_to_the_longest_cap() -> None:
 @pytest.fixture(scope="module")
 def settings() -> Settings:
     s = Settings()
-    s.inference.threads, s.inference.batch_size, s.inference.dtype = 1, 8, "bfloat16"
+    s.inference.threads, s.inference.batch_size = 1, 8
     s.generator.max_new_tokens = 12
     s.verifier.disabled_rules = ["boxed_answer"]
     s.verifier.min_tokens = 1
@@ -79,8 +79,7 @@ def test_stream_stops_at_the_first_accepted_wave_and_equals_one_pass(settings: S
 
 def test_sampling_measured_command_writes_streams_and_replays_them(tmp_path: Path) -> None:
     out = tmp_path / "streams.json"
-    env = {"DUALPHASE_GENERATOR__MAX_NEW_TOKENS": "8", "DUALPHASE_INFERENCE__THREADS": "1",
-           "DUALPHASE_INFERENCE__DTYPE": "bfloat16"}  # fmt: skip
+    env = {"DUALPHASE_GENERATOR__MAX_NEW_TOKENS": "8", "DUALPHASE_INFERENCE__THREADS": "1"}
     args = ["bench", "sampling-measured", "--problems", "2", "--cap", "3", "--schedule", "1,2"]
     result = CliRunner().invoke(app, [*args, "--out", str(out)], env=env)
     assert result.exit_code == 0, result.output

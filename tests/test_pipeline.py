@@ -44,7 +44,6 @@ def test_problem_flows_through_generator_and_verifier_to_verified_samples(
     env["DUALPHASE_VERIFIER__PORT"] = str(settings.verifier.port)
     env["DUALPHASE_INFERENCE__BATCH_SIZE"] = "4"
     env["DUALPHASE_INFERENCE__THREADS"] = "1"  # the services share two cores
-    env["DUALPHASE_INFERENCE__DTYPE"] = "bfloat16"
     ensure_topics(common, ALL_TOPICS)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:

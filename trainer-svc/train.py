@@ -55,6 +55,7 @@ from transformers import (
 )
 from trl import SFTConfig, SFTTrainer
 
+from shared.hardware import resolve_dtype
 from shared.settings import TrainerSettings
 
 DONE = "DONE"
@@ -148,6 +149,13 @@ def load_model(path: str, dtype: torch.dtype) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 
 
+def use_bf16(settings: TrainerSettings) -> bool:
+    """bf16 mixed precision: as set, or (auto) where the hardware runs bfloat16 natively."""
+    if settings.bf16 == "auto":
+        return resolve_dtype("auto").dtype == "bfloat16"
+    return settings.bf16
+
+
 def sft_config(settings: TrainerSettings, steps_dir: Path) -> SFTConfig:
     s = settings
     return SFTConfig(
@@ -160,7 +168,7 @@ def sft_config(settings: TrainerSettings, steps_dir: Path) -> SFTConfig:
         lr_scheduler_type=s.lr_scheduler,
         warmup_steps=s.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all updates
         weight_decay=s.weight_decay,
-        bf16=s.bf16,
+        bf16=use_bf16(s),
         gradient_checkpointing=s.gradient_checkpointing,
         save_strategy="steps",
         save_steps=s.save_steps,
@@ -247,7 +255,7 @@ def main(job: TrainJob, report: Callable[[dict[str, Any]], None] | None = None) 
     resume = last_complete_checkpoint(steps_dir)
 
     args = sft_config(settings, steps_dir)
-    dtype = torch.bfloat16 if settings.bf16 else torch.float32
+    dtype = torch.bfloat16 if use_bf16(settings) else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(job.model)
     callback = ProgressCallback(report or (lambda progress: None))
     trainer = SFTTrainer(

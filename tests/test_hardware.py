@@ -1,0 +1,101 @@
+"""`dtype: auto` picks bfloat16 only where the hardware runs it natively."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+from shared import hardware
+from shared.hardware import CpuBf16, choose_cpu, resolve_dtype
+from shared.settings import InferenceConfig, TrainerSettings
+from trainer_svc.train import use_bf16
+
+# Restricts torch's, oneDNN's and MKL's kernels to AVX2: bfloat16 is then emulated on any CPU.
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"}  # fmt: skip
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Fake the CPU the detection sees: its ISA flags and the probe's matmul rates."""
+
+    def fake(amx: bool, avx512_bf16: bool, fp32: float, bf16: float) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        rates = {torch.float32: fp32, torch.bfloat16: bf16}
+        monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype: rates[dtype])
+        resolve_dtype.cache_clear()
+
+    yield fake
+    resolve_dtype.cache_clear()
+
+
+def test_auto_is_float32_on_a_cpu_without_bf16_instructions(fake_cpu) -> None:
+    fake_cpu(amx=False, avx512_bf16=False, fp32=52.0, bf16=1.1)
+    choice = resolve_dtype("auto", "cpu")
+    assert choice.dtype == "float32"
+    assert "none" in choice.reason and "1.1" in choice.reason
+
+
+def test_auto_is_bfloat16_on_an_amx_cpu(fake_cpu) -> None:
+    fake_cpu(amx=True, avx512_bf16=True, fp32=100.0, bf16=300.0)
+    choice = resolve_dtype("auto", "cpu")
+    assert choice.dtype == "bfloat16"
+    assert choice.reason.startswith("native") and "AMX" in choice.reason
+
+
+def test_auto_is_float32_where_the_bf16_kernels_are_restricted(fake_cpu) -> None:
+    # The flags say AMX, but the kernels are held to AVX2 (ONEDNN_MAX_CPU_ISA): emulated.
+    fake_cpu(amx=True, avx512_bf16=True, fp32=66.0, bf16=1.7)
+    assert resolve_dtype("auto", "cpu").dtype == "float32"
+
+
+def test_auto_is_float32_where_bf16_is_native_but_slower(fake_cpu) -> None:
+    fake_cpu(amx=False, avx512_bf16=True, fp32=107.0, bf16=79.0)
+    assert resolve_dtype("auto", "cpu").dtype == "float32"
+
+
+def test_explicit_dtype_wins_over_the_hardware(fake_cpu) -> None:
+    fake_cpu(amx=False, avx512_bf16=False, fp32=52.0, bf16=1.1)
+    choice = resolve_dtype("bfloat16", "cpu")
+    assert (choice.dtype, choice.reason) == ("bfloat16", "set explicitly")
+
+
+def test_trainer_bf16_auto_follows_the_same_rule(fake_cpu) -> None:
+    fake_cpu(amx=False, avx512_bf16=False, fp32=52.0, bf16=1.1)
+    assert use_bf16(TrainerSettings()) is False
+    assert use_bf16(TrainerSettings(preset="cpu-tiny")) is False
+    assert use_bf16(TrainerSettings(bf16=True)) is True
+    fake_cpu(amx=True, avx512_bf16=True, fp32=100.0, bf16=300.0)
+    assert use_bf16(TrainerSettings()) is True
+
+
+def test_choose_cpu_needs_both_the_isa_and_the_probe() -> None:
+    assert choose_cpu(CpuBf16(False, False, 10.0, 30.0)).dtype == "float32"
+    assert choose_cpu(CpuBf16(False, True, 10.0, 30.0)).dtype == "bfloat16"
+    assert choose_cpu(CpuBf16(True, False, 10.0, 9.0)).dtype == "float32"
+
+
+def test_auto_is_float32_under_the_real_avx2_restriction() -> None:
+    """The real detection, in a process whose kernels are held to AVX2, on whatever CPU this is."""
+    code = (
+        "from shared.hardware import resolve_dtype; c = resolve_dtype('auto', 'cpu'); "
+        "print(c.dtype); print(c.reason)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **AVX2_ONLY},
+                         capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    dtype, reason = out.stdout.splitlines()
+    assert dtype == "float32", reason
+
+
+def test_inference_dtype_reports_the_choice_for_status(fake_cpu) -> None:
+    fake_cpu(amx=True, avx512_bf16=True, fp32=100.0, bf16=300.0)
+    status = hardware.inference_dtype(InferenceConfig(device="cpu", threads=1))
+    assert status["dtype"] == "bfloat16" and status["device"] == "cpu"
+    assert "AMX" in status["reason"]
+    assert hardware.inference_dtype(InferenceConfig(backend="openai"))["device"] == "server"
