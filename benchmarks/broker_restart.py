@@ -1,6 +1,6 @@
 """Does a consumer keep consuming after the in-memory broker restarts on the same port?
 
-A ``shared.bus.Consumer`` takes 10 messages, the broker restarts, 3 more are published; prints
+A ``shared.core.bus.Consumer`` takes 10 messages, the broker restarts, 3 more are published; prints
 which of them were consumed and when. ``--without-fix`` turns off the consumer's restart from the
 committed offsets after a re-join (``Consumer._start_from_committed``) for comparison.
 
@@ -14,16 +14,23 @@ import sys
 import threading
 import time
 
-from shared import bus
-from shared.broker import EmbeddedBroker
-from shared.bus import Consumer, Publisher, ensure_topics
-from shared.messages import PROBLEMS, ProblemJob
-from shared.settings import CommonSettings
+from dualphase.broker import EmbeddedBroker
+from shared.core import bus
+from shared.core.bus import Consumer, Publisher, ensure_topics
+from shared.core.messages import PROBLEMS, ProblemJob
+from shared.core.settings import CommonSettings
 
 
 def job(i: int) -> ProblemJob:
-    return ProblemJob(run_id="r", kind="dialogue", problem_id=f"p{i}", job_id=f"j{i}", phase=1,
-                      question="q", gold="1")  # fmt: skip
+    return ProblemJob(
+        run_id="r",
+        kind="dialogue",
+        problem_id=f"p{i}",
+        job_id=f"j{i}",
+        phase=1,
+        question="q",
+        gold="1",
+    )
 
 
 def main() -> None:
@@ -31,13 +38,23 @@ def main() -> None:
     if "--without-fix" in sys.argv:
         bus._Assignments.on_partitions_assigned = lambda self, assigned: None  # type: ignore[method-assign]
     broker = EmbeddedBroker().start()
-    common = CommonSettings(kafka_bootstrap=broker.bootstrap, topic_prefix="restart-",
-                            partitions=2, session_timeout_ms=6000)  # fmt: skip
+    common = CommonSettings(
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix="restart-",
+        partitions=2,
+        session_timeout_ms=6000,
+    )
     ensure_topics(common, [PROBLEMS])
     got: list[tuple[str, float]] = []
     publisher = Publisher(common)
-    consumer = Consumer(common, PROBLEMS, "probe", ProblemJob,
-                        lambda m: got.append((m.job_id, time.monotonic())), publisher)  # fmt: skip
+    consumer = Consumer(
+        common,
+        PROBLEMS,
+        "probe",
+        ProblemJob,
+        lambda m: got.append((m.job_id, time.monotonic())),
+        publisher,
+    )
     thread = threading.Thread(target=consumer.run)
     thread.start()
     for i in range(10):

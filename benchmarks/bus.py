@@ -28,11 +28,19 @@ import psycopg
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import func, select
 
-from shared.broker import EmbeddedBroker
-from shared.bus import Consumer, Publisher, ensure_topics, topic_name
-from shared.db import Base, Problem, Run, insert_ignore, make_engine, make_sessionmaker, transaction
-from shared.messages import PROBLEMS, Message, ProblemJob
-from shared.settings import CommonSettings
+from dualphase.broker import EmbeddedBroker
+from shared.core.bus import Consumer, Publisher, ensure_topics, topic_name
+from shared.core.db import (
+    Base,
+    Problem,
+    Run,
+    insert_ignore,
+    make_engine,
+    make_sessionmaker,
+    transaction,
+)
+from shared.core.messages import PROBLEMS, Message, ProblemJob
+from shared.core.settings import CommonSettings
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -47,8 +55,13 @@ def consumer_process(
 
     def write(job: Message) -> None:
         assert isinstance(job, ProblemJob)
-        row = {"run_id": job.run_id, "problem_id": job.problem_id, "phase": job.phase,
-               "question": job.question, "gold": job.gold}  # fmt: skip
+        row = {
+            "run_id": job.run_id,
+            "problem_id": job.problem_id,
+            "phase": job.phase,
+            "question": job.question,
+            "gold": job.gold,
+        }
         with transaction(factory) as session:
             insert_ignore(session, Problem, [row])
 
@@ -77,9 +90,11 @@ def committed_total(common: CommonSettings, group: str) -> int:
 def measure(bootstrap: str, db_url: str, partitions: int, n: int) -> tuple[float, float]:
     """(publish msgs/s, end-to-end msgs/s) for one configuration."""
     common = CommonSettings(
-        kafka_bootstrap=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}-",
-        partitions=partitions, session_timeout_ms=6000,
-    )  # fmt: skip
+        kafka_bootstrap=bootstrap,
+        topic_prefix=f"bench{uuid.uuid4().hex[:6]}-",
+        partitions=partitions,
+        session_timeout_ms=6000,
+    )
     ensure_topics(common, [PROBLEMS])
     # A fresh group per configuration: Tansu never assigns partitions to a group that was
     # subscribed to another topic before (the configurations have their own topics).
@@ -106,10 +121,17 @@ def measure(bootstrap: str, db_url: str, partitions: int, n: int) -> tuple[float
         time.sleep(0.2)
 
     jobs = [
-        ProblemJob(run_id=run_id, kind="dialogue", problem_id=f"p{i}", job_id=f"j{i}", phase=1,
-                   question=f"What is {i} + 1?", gold=str(i + 1))
+        ProblemJob(
+            run_id=run_id,
+            kind="dialogue",
+            problem_id=f"p{i}",
+            job_id=f"j{i}",
+            phase=1,
+            question=f"What is {i} + 1?",
+            gold=str(i + 1),
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     publisher = Publisher(common)
     started = time.perf_counter()
     publisher.publish_many(PROBLEMS, list(jobs))
@@ -168,12 +190,16 @@ def main() -> None:
     admin = POSTGRES.replace("postgresql+psycopg", "postgresql") + "/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{pg_name}"')
-    rows = ["| database | partitions (consumers) | publish msg/s | end-to-end msg/s |",
-            "|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| database | partitions (consumers) | publish msg/s | end-to-end msg/s |",
+        "|---|---|---|---|",
+    ]
     try:
         with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
-            databases = {"SQLite": f"sqlite:///{tmp}/bench.db",
-                         "PostgreSQL": f"{POSTGRES}/{pg_name}"}  # fmt: skip
+            databases = {
+                "SQLite": f"sqlite:///{tmp}/bench.db",
+                "PostgreSQL": f"{POSTGRES}/{pg_name}",
+            }
             for url in databases.values():
                 Base.metadata.create_all(make_engine(url))
             for name, url in databases.items():

@@ -17,10 +17,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from shared.evaluation import MODES, BenchmarkSummary, evaluate, load_benchmarks
-from shared.grading import Grader
+from shared.core.settings import EvalSettings, InferenceConfig
 from shared.inference import load_backend
-from shared.settings import EvalSettings, InferenceConfig
+from shared.method.evaluation import MODES, BenchmarkSummary, evaluate, load_benchmarks
+from shared.method.grading import Grader
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"
 ON_DISK = ["gsm8k", "math500", "aime24", "amc23", "svamp", "gaokao2023en"]

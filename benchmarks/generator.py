@@ -24,25 +24,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kafka import KafkaConsumer  # noqa: E402
 
+from dualphase.broker import EmbeddedBroker, free_port  # noqa: E402
+from dualphase.embedded import service_env, start_service, stop_service, wait_ready  # noqa: E402
 from generator_svc.handler import run_dialogues  # noqa: E402
-from shared.broker import EmbeddedBroker, free_port  # noqa: E402
-from shared.bus import Publisher, ensure_topics, topic_name  # noqa: E402
-from shared.embedded import service_env, start_service, stop_service, wait_ready  # noqa: E402
+from shared.core.bus import Publisher, ensure_topics, topic_name  # noqa: E402
+from shared.core.messages import ALL_TOPICS, DIALOGUES, Dialogue, ProblemJob, SamplingParams  # noqa: E402
+from shared.core.migrations import upgrade  # noqa: E402
+from shared.core.settings import Settings  # noqa: E402
+from shared.datasets.synthetic import make_problems  # noqa: E402
 from shared.inference import load_backend  # noqa: E402
-from shared.messages import ALL_TOPICS, DIALOGUES, Dialogue, ProblemJob, SamplingParams  # noqa: E402
-from shared.migrations import upgrade  # noqa: E402
-from shared.prompts import load_prompts  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.synthetic import make_problems  # noqa: E402
+from shared.method.prompts import load_prompts  # noqa: E402
 
 
 def jobs(count: int, params: SamplingParams, tag: str) -> list[ProblemJob]:
     return [
-        ProblemJob(run_id=f"bench-{tag}", kind="dialogue", problem_id=p.id,
-                   job_id=f"bench-{tag}:{p.id}:p1", phase=1, question=p.question,
-                   gold=str(p.answer), dataset="synthetic", params=params)
+        ProblemJob(
+            run_id=f"bench-{tag}",
+            kind="dialogue",
+            problem_id=p.id,
+            job_id=f"bench-{tag}:{p.id}:p1",
+            phase=1,
+            question=p.question,
+            gold=str(p.answer),
+            dataset="synthetic",
+            params=params,
+        )
         for p in make_problems(count, seed=11)
-    ]  # fmt: skip
+    ]
 
 
 def direct(settings: Settings, work: list[ProblemJob], warm: list[ProblemJob]) -> tuple[int, float]:
@@ -86,7 +94,8 @@ def service(
             ("inference", "threads"),
         ):
             env[f"DUALPHASE_{section.upper()}__{field.upper()}"] = str(
-                getattr(getattr(settings, section), field))  # fmt: skip
+                getattr(getattr(settings, section), field)
+            )
         proc = start_service("generator", env, tmp / "logs")
         consumer = KafkaConsumer(
             topic_name(settings.common, DIALOGUES),
@@ -132,8 +141,10 @@ def main() -> None:
     print(f"service: {s_tokens} tokens in {s_seconds:.1f} s = {service_rate:.1f} tokens/s")
     print(f"overhead: {100 * (1 - service_rate / direct_rate):.1f}%")
     mean, median = statistics.mean(ratios), statistics.median(ratios)
-    print(f"long-CoT length ratio (final / turn-1 tokens), {len(ratios)} dialogues: "
-          f"mean {mean:.2f}, median {median:.2f}")  # fmt: skip
+    print(
+        f"long-CoT length ratio (final / turn-1 tokens), {len(ratios)} dialogues: "
+        f"mean {mean:.2f}, median {median:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ Both runs use the same in-process model, the same prompts (GSM8K questions from 
 datasets), greedy decoding and the same max_new_tokens. Sequential is one conversation per
 ``generate`` call; batched is one ``chat`` call with ``--batch-size`` rows per ``generate`` call.
 Each dtype of ``--dtypes`` is measured in turn, in one run, and the line above the table says
-what ``inference.dtype: auto`` chooses on this CPU and why (shared/hardware.py). The compute
-bound is a matmul rate measured here in that dtype divided by 2 x parameters FLOPs per generated
-token.
+what ``inference.dtype: auto`` chooses on this CPU and why (shared/inference/hardware.py).
+The compute bound is a matmul rate measured here in that dtype divided by 2 x parameters FLOPs
+per generated token.
 
     python benchmarks/inference.py --prompts 16 --max-new-tokens 32 --batch-size 16 --threads 1
 """
@@ -23,10 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from shared.hardware import resolve_dtype, set_threads
+from shared.core.messages import SamplingParams
+from shared.core.settings import InferenceConfig
 from shared.inference import TransformersBackend, load_backend
-from shared.messages import SamplingParams
-from shared.settings import InferenceConfig
+from shared.inference.hardware import resolve_dtype, set_threads
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared/datasets/benchmarks/gsm8k/test.jsonl"
 INSTRUCTION = "Solve step by step and put the final answer in \\boxed{}."
@@ -39,10 +39,13 @@ ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS
 def cpu_name() -> str:
     """The CPU's model name and its flags that matter for bfloat16, plus any ISA restriction."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                  if ln.startswith("model name")), "unknown CPU")  # fmt: skip
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines()
-                  if ln.startswith("flags")), [])  # fmt: skip
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+        "unknown CPU",
+    )
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
+    )
     present = [f for f in BF16_FLAGS if f in flags]
     limits = [f"{k}={os.environ[k]}" for k in ISA_ENV if k in os.environ]
     return f"{model}; flags {' '.join(present) or 'none of ' + ' '.join(BF16_FLAGS)}" + (
@@ -117,8 +120,10 @@ def main() -> None:
         f"{os.cpu_count()} cores; {args.prompts} prompts, max_new_tokens "
         f"{args.max_new_tokens}, greedy, batch {args.batch_size}"
     )
-    print("| dtype | sequential tokens/s | batched tokens/s | speed-up | matmul GFLOP/s "
-          "| compute bound tokens/s | batched share of it |")  # fmt: skip
+    print(
+        "| dtype | sequential tokens/s | batched tokens/s | speed-up | matmul GFLOP/s "
+        "| compute bound tokens/s | batched share of it |"
+    )
     print("|---|---|---|---|---|---|---|")
     for dtype in args.dtypes.split(","):
         measure(args, dtype)

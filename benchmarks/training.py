@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from shared.model import resolve_model
-from shared.settings import InferenceConfig, TrainerSettings
-from shared.shards import write_jsonl
-from trainer_svc.train import TrainJob, TrainResult, main
+from shared.core.settings import InferenceConfig, TrainerSettings
+from shared.core.shards import write_jsonl
+from shared.inference.model import resolve_model
+from trainer_svc.train import TrainJob, TrainResult, train
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -40,22 +40,27 @@ def math_rows(n: int) -> list[dict[str, Any]]:
     with MATH.open() as f:
         for line in f:
             item = json.loads(line)
-            rows.append({
-                "prompt": [{"role": "system", "content": "Solve the problem step by step."},
-                           {"role": "user", "content": item["problem"]}],
-                "completion": [{"role": "assistant", "content": item["solution"]}],
-                "source": "multi-turn", "run_id": "bench", "problem_id": str(item["idx"]),
-                "sample_id": f"{item['idx']}-0",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "prompt": [
+                        {"role": "system", "content": "Solve the problem step by step."},
+                        {"role": "user", "content": item["problem"]},
+                    ],
+                    "completion": [{"role": "assistant", "content": item["solution"]}],
+                    "source": "multi-turn",
+                    "run_id": "bench",
+                    "problem_id": str(item["idx"]),
+                    "sample_id": f"{item['idx']}-0",
+                }
+            )
             if len(rows) == n:
                 break
     return rows
 
 
 def train_once(shard: str, model: str, out: Path, settings: TrainerSettings) -> TrainResult:
-    job = TrainJob(shard_id="bench", files=[shard], model=model, output_dir=out,
-                   settings=settings)  # fmt: skip
-    return main(job)
+    job = TrainJob(shard_id="bench", files=[shard], model=model, output_dir=out, settings=settings)
+    return train(job)
 
 
 def write_docs(table: str, command: str) -> None:
@@ -80,14 +85,15 @@ def write_docs(table: str, command: str) -> None:
     DOCS.write_text(text)
 
 
-def main_cli() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=32, help="Rows in the shard.")
     parser.add_argument("--max-length", type=int, default=512, help="Tokens per sequence.")
     parser.add_argument("--batch", type=int, default=4, help="Sequences per update.")
     parser.add_argument("--repeats", type=int, default=1, help="Runs of each mode.")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: steadiest on a shared CPU).")  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steadiest on a shared CPU)."
+    )
     parser.add_argument("--no-write-docs", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,18 +106,23 @@ def main_cli() -> None:
         for repeat in range(args.repeats):
             for packing in (False, True):
                 # The same batch x max_length token slots per update in both modes: padded rows,
-                # or packed sequences one per step (see CPU_TINY in shared/settings.py).
+                # or packed sequences one per step (see CPU_TINY in shared/core/settings.py).
                 settings = TrainerSettings(
-                    preset="cpu-tiny", packing=packing, max_length=args.max_length,
+                    preset="cpu-tiny",
+                    packing=packing,
+                    max_length=args.max_length,
                     per_device_batch_size=1 if packing else args.batch,
                     gradient_accumulation_steps=args.batch if packing else 1,
-                    epochs=1.0, save_steps=10**6,
-                )  # fmt: skip
+                    epochs=1.0,
+                    save_steps=10**6,
+                )
                 result = train_once(shard, model, Path(tmp) / f"{packing}-{repeat}", settings)
                 results[packing].append(result)
-                print(f"packing={packing}: {result.tokens} tokens, {result.global_step} steps, "
-                      f"{result.train_seconds:.1f} s, {result.tokens_per_s:.1f} tokens/s",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"packing={packing}: {result.tokens} tokens, {result.global_step} steps, "
+                    f"{result.train_seconds:.1f} s, {result.tokens_per_s:.1f} tokens/s",
+                    file=sys.stderr,
+                )
 
     def median(packing: bool, key: str) -> float:
         return statistics.median(getattr(r, key) for r in results[packing])
@@ -124,8 +135,10 @@ def main_cli() -> None:
             f"{median(packing, 'global_step'):.0f} | {median(packing, 'train_seconds'):.1f} | "
             f"{median(packing, 'tokens_per_s'):.1f} |"
         )
-    lines.append(f"\nPacking / no packing: **{ratio:.2f}x** tokens per second "
-                 f"(median of {args.repeats} run(s) each; target >= 1.5x).")  # fmt: skip
+    lines.append(
+        f"\nPacking / no packing: **{ratio:.2f}x** tokens per second "
+        f"(median of {args.repeats} run(s) each; target >= 1.5x)."
+    )
     table = "\n".join(lines)
     print(table)
     if not args.no_write_docs:
@@ -133,4 +146,4 @@ def main_cli() -> None:
 
 
 if __name__ == "__main__":
-    main_cli()
+    main()

@@ -19,8 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from shared.benchmarks import load_benchmark
-from shared.grading import Grader, extract_answer, is_equivalent
+from shared.datasets import load_benchmark
+from shared.method.grading import Grader, extract_answer, is_equivalent
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"
 PATHOLOGICAL = ["\\boxed{10^{10^{10^{10}}}}", "\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}"]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from eval_svc.handler import handle
-from shared.bus import Consumer
-from shared.hardware import inference_dtype
-from shared.messages import CHECKPOINTS, CheckpointReady
-from shared.service import run_service, setup
-from shared.settings import load_settings
+from shared.core.bus import Consumer
+from shared.core.messages import CHECKPOINTS, CheckpointReady
+from shared.core.service import run_service, setup
+from shared.core.settings import load_settings
+from shared.inference.hardware import inference_dtype
 
 
 def main() -> None:
@@ -19,7 +19,13 @@ def main() -> None:
     def on_message(msg: CheckpointReady) -> None:
         counts["evaluations"] += len(handle(msg, settings, sessions))
 
-    consumer = Consumer(settings.common, CHECKPOINTS, "eval-checkpoints", CheckpointReady,
-                        on_message, publisher)  # fmt: skip
-    run_service("eval-svc", settings, settings.eval.port, engine, publisher, [consumer],
-                lambda: {**counts, "dtype": dtype})  # fmt: skip
+    consumer = Consumer.subscribe(settings.common, "eval", CHECKPOINTS, on_message, publisher)
+    run_service(
+        "eval-svc",
+        settings,
+        settings.eval.port,
+        engine,
+        publisher,
+        [consumer],
+        lambda: {**counts, "dtype": dtype},
+    )

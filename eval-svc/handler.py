@@ -20,12 +20,12 @@ from prometheus_client import Gauge
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import EvalResult, EvalSampleRow, Run, insert_ignore, transaction
-from shared.evaluation import BASE_CHECKPOINT_ID, BenchmarkSummary, evaluate, load_benchmarks
-from shared.grading import Grader
+from shared.core.db import EvalResult, EvalSampleRow, Run, insert_ignore, transaction
+from shared.core.messages import CheckpointReady
+from shared.core.settings import Settings
 from shared.inference import load_backend
-from shared.messages import CheckpointReady
-from shared.settings import Settings
+from shared.method.evaluation import BASE_CHECKPOINT_ID, BenchmarkSummary, evaluate, load_benchmarks
+from shared.method.grading import Grader
 
 log = logging.getLogger(__name__)
 

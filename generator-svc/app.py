@@ -5,13 +5,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 from generator_svc.handler import GeneratorStats, handle_jobs
-from shared.bus import Consumer
-from shared.hardware import inference_dtype
+from shared.core.bus import Consumer
+from shared.core.messages import PROBLEMS, ProblemJob
+from shared.core.service import run_service, setup
+from shared.core.settings import load_settings
 from shared.inference import Backend, load_backend
-from shared.messages import PROBLEMS, ProblemJob
-from shared.prompts import load_prompts
-from shared.service import run_service, setup
-from shared.settings import load_settings
+from shared.inference.hardware import inference_dtype
+from shared.method.prompts import load_prompts
 
 
 def main() -> None:
@@ -29,11 +29,15 @@ def main() -> None:
     def handle(jobs: list[ProblemJob]) -> None:
         handle_jobs(jobs, sessions, backend_for, prompts, publisher.publish, stats)
 
-    consumer = Consumer(
-        settings.common, PROBLEMS, "generator", ProblemJob, handle, publisher,
-        batch_size=settings.inference.batch_size,
-    )  # fmt: skip
+    consumer = Consumer.subscribe(
+        settings.common, "generator", PROBLEMS, handle, publisher, settings.inference.batch_size
+    )
     run_service(
-        "generator-svc", settings, settings.generator.port, engine, publisher, [consumer],
+        "generator-svc",
+        settings,
+        settings.generator.port,
+        engine,
+        publisher,
+        [consumer],
         lambda: {**stats.as_dict(), "dtype": dtype},
-    )  # fmt: skip
+    )

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import GenerationRow, insert_ignore
+from shared.core.db import GenerationRow, insert_ignore
+from shared.core.messages import DIALOGUES, Dialogue, Generation, ProblemJob, SamplingParams
+from shared.core.runs import cancelled_runs, stored_dialogues
 from shared.inference import Backend
-from shared.messages import DIALOGUES, Dialogue, Generation, ProblemJob, SamplingParams
-from shared.prompts import Prompts, question_conversation
-from shared.runs import cancelled_runs, stored_dialogues
+from shared.method.prompts import Prompts, question_conversation
 
 TOKENS_GENERATED = Counter("dualphase_generated_tokens", "Completion tokens generated.")
 

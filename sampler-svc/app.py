@@ -1,22 +1,26 @@
 """sampler-svc: consumes `verified-samples` and `checkpoints`; publishes phase-2 jobs on
 `problems`, final states on `rejection-sampled`, and shard manifests on `training-shards`.
 
-It also runs the reconciler (``shared.reconciler``) and serves the admin endpoints
-(``shared.admin``: submit and cancel runs)."""
+It also runs the reconciler (``sampler_svc.reconciler``) and serves the admin endpoints
+(``sampler_svc.admin``: submit and cancel runs)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 
+from sampler_svc.admin import admin_router
 from sampler_svc.handler import make_handlers
-from shared.admin import admin_router
-from shared.bus import Consumer
-from shared.messages import CHECKPOINTS, VERIFIED_SAMPLES, CheckpointReady, Message, VerifiedSamples
-from shared.reconciler import Reconciler
-from shared.runs import cancelled_runs
-from shared.service import run_service, setup
-from shared.settings import load_settings
+from sampler_svc.reconciler import Reconciler
+from shared.core.bus import Consumer
+from shared.core.messages import (
+    CHECKPOINTS,
+    VERIFIED_SAMPLES,
+    Message,
+)
+from shared.core.runs import cancelled_runs
+from shared.core.service import run_service, setup
+from shared.core.settings import load_settings
 
 
 def main() -> None:
@@ -34,17 +38,27 @@ def main() -> None:
         return handle
 
     consumers = [
-        Consumer(settings.common, VERIFIED_SAMPLES, "sampler", VerifiedSamples,
-                 unless_cancelled(on_verdicts), publisher),
-        Consumer(settings.common, CHECKPOINTS, "sampler-checkpoints", CheckpointReady,
-                 unless_cancelled(on_checkpoint), publisher),
-    ]  # fmt: skip
+        Consumer.subscribe(
+            settings.common, "sampler", VERIFIED_SAMPLES, unless_cancelled(on_verdicts), publisher
+        ),
+        Consumer.subscribe(
+            settings.common, "sampler", CHECKPOINTS, unless_cancelled(on_checkpoint), publisher
+        ),
+    ]
     # The database is the state: the first pass publishes again whatever a crash may have lost.
     reconciler = Reconciler(settings, sessions, publisher)
     stop = threading.Event()
     threading.Thread(target=reconciler.run, args=(stop,), name="reconciler", daemon=True).start()
     try:
-        run_service("sampler-svc", settings, settings.sampler.port, engine, publisher, consumers,
-                    reconciler.status, [admin_router(settings, sessions, publisher)])  # fmt: skip
+        run_service(
+            "sampler-svc",
+            settings,
+            settings.sampler.port,
+            engine,
+            publisher,
+            consumers,
+            reconciler.status,
+            [admin_router(settings, sessions, publisher)],
+        )
     finally:
         stop.set()

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.bus import Consumer, Publisher
-from shared.db import Problem, insert_ignore, make_engine, make_sessionmaker, transaction
-from shared.messages import PROBLEMS, Message, ProblemJob
-from shared.settings import CommonSettings
+from shared.core.bus import Consumer, Publisher
+from shared.core.db import Problem, insert_ignore, make_engine, make_sessionmaker, transaction
+from shared.core.messages import PROBLEMS, Message, ProblemJob
+from shared.core.settings import CommonSettings
 
 
 def problem_writer(

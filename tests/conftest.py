@@ -20,10 +20,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared import migrations
-from shared.broker import EmbeddedBroker
-from shared.db import Base, make_engine
-from shared.settings import CommonSettings
+from dualphase.broker import EmbeddedBroker
+from shared.core import migrations
+from shared.core.db import Base, make_engine
+from shared.core.settings import CommonSettings
 
 # Server where the per-session test database is created (trust auth, as on the dev machine and CI).
 POSTGRES = os.environ.get("DUALPHASE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")

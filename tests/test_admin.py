@@ -13,14 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from generator_svc.handler import GeneratorStats, handle_jobs
-from shared.admin import admin_router
-from shared.bus import Publisher, ensure_topics, topic_name
-from shared.db import GenerationRow, Problem, Run, make_engine, make_sessionmaker
-from shared.messages import ALL_TOPICS, PROBLEMS, ProblemJob
-from shared.prompts import load_prompts
-from shared.runs import phase1_job
-from shared.service import make_app
-from shared.settings import CommonSettings, Settings
+from sampler_svc.admin import admin_router
+from shared.core.bus import Publisher, ensure_topics, topic_name
+from shared.core.db import GenerationRow, Problem, Run, make_engine, make_sessionmaker
+from shared.core.messages import ALL_TOPICS, PROBLEMS, ProblemJob
+from shared.core.runs import phase1_job
+from shared.core.service import make_app
+from shared.core.settings import CommonSettings, Settings
+from shared.method.prompts import load_prompts
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -60,9 +60,13 @@ def admin(common: CommonSettings, db_url: str) -> Iterator[Admin]:
 
 
 def published_jobs(common: CommonSettings, run_id: str, expected: int) -> list[ProblemJob]:
-    consumer = KafkaConsumer(topic_name(common, PROBLEMS), bootstrap_servers=common.kafka_bootstrap,
-                             group_id=None, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000)  # fmt: skip
+    consumer = KafkaConsumer(
+        topic_name(common, PROBLEMS),
+        bootstrap_servers=common.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
     jobs = []
     try:
         for record in consumer:
@@ -86,8 +90,11 @@ def test_submit_run_records_problems_with_the_phase_split_and_publishes_phase1_j
     run = admin.run(run_id)
     assert run is not None and run.status == "running" and run.seed == 5
     with admin.sessions() as s:
-        phases = dict(s.execute(select(Problem.problem_id, Problem.phase)
-                                .where(Problem.run_id == run_id)).all())  # fmt: skip
+        phases = dict(
+            s.execute(
+                select(Problem.problem_id, Problem.phase).where(Problem.run_id == run_id)
+            ).all()
+        )
     assert phases == {"a": 1, "b": 1, "c": 2}
     jobs = published_jobs(common, run_id, expected=2)
     assert sorted(j.problem_id for j in jobs) == ["a", "b"]
@@ -104,12 +111,15 @@ def test_submit_run_accepts_jsonl_text(admin: Admin) -> None:
     with admin.sessions() as s:
         rows = s.scalars(select(Problem).where(Problem.run_id == reply.json()["run_id"])).all()
     assert sorted((p.problem_id, p.phase, p.gold) for p in rows) == [
-        ("a", 1, "5"), ("b", 2, "3"), ("c", 2, "12")
-    ]  # fmt: skip
+        ("a", 1, "5"),
+        ("b", 2, "3"),
+        ("c", 2, "12"),
+    ]
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
-                                     {"Authorization": f"Basic {TOKEN}"}])  # fmt: skip
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}]
+)
 def test_admin_endpoints_refuse_a_missing_or_wrong_token_with_401(
     admin: Admin, headers: dict[str, str]
 ) -> None:
@@ -163,8 +173,14 @@ def test_cancel_marks_the_run_cancelled_and_the_generator_skips_its_jobs(admin: 
         raise AssertionError("a job of a cancelled run reached the model")
 
     stats, published = GeneratorStats(), []
-    handle_jobs([job], admin.sessions, no_model, load_prompts("v1"),  # type: ignore[arg-type]
-                lambda topic, d: published.append(d), stats)  # fmt: skip
+    handle_jobs(
+        [job],
+        admin.sessions,
+        no_model,
+        load_prompts("v1"),  # type: ignore[arg-type]
+        lambda topic, d: published.append(d),
+        stats,
+    )
     assert stats.cancelled_skipped == 1 and published == []
     with admin.sessions() as s:
         assert s.query(GenerationRow).filter(GenerationRow.run_id == run_id).count() == 0

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.benchmarks import (
-    BenchmarkFormatError,
+from shared.datasets import (
     BenchmarkProblem,
+    DatasetFormatError,
     load_benchmark,
     load_training_pool,
 )
@@ -114,7 +114,7 @@ def test_training_pool_gold_is_the_last_boxed_answer(tmp_path: Path) -> None:
         ("svamp", '{"Body": "b", "Answer": 1.0}', "field 'Question' is missing"),
         ("aime24", '{"problem": "q", "answer": null}', "field 'answer' is missing"),
         ("tabmwp", '{"table": "t", "question": "q", "answer": "1"}', "field 'ans_type' is missing"),
-        ("amc23", "{not json", "not valid JSON"),
+        ("amc23", "{not json", "not JSON"),
     ],
 )
 def test_a_bad_line_names_file_line_and_field(
@@ -125,14 +125,14 @@ def test_a_bad_line_names_file_line_and_field(
         '{"question": "ok", "problem": "ok", "answer": "#### 1", "Body": "b", '
         '"Question": "q", "Answer": 1, "table": "t", "ans_type": "x"}\n' + line + "\n"
     )
-    with pytest.raises(BenchmarkFormatError, match=rf"{file}:2: .*{message}"):
+    with pytest.raises(DatasetFormatError, match=rf"{file}:2: .*{message}"):
         load_benchmark(name, file)
 
 
 def test_training_pool_bad_line_names_the_field(tmp_path: Path) -> None:
     file = tmp_path / "pool.jsonl"
     file.write_text(json.dumps({"problem": "P", "solution": "no box"}) + "\n")
-    with pytest.raises(BenchmarkFormatError, match=rf"{file}:1: .*field 'solution' has no"):
+    with pytest.raises(DatasetFormatError, match=rf"{file}:1: .*field 'solution' has no"):
         load_training_pool(file, exclude=[])
 
 
@@ -144,7 +144,7 @@ def test_unknown_benchmark_and_missing_file_are_clear_errors(tmp_path: Path) -> 
 
 
 def test_synthetic_benchmark_is_held_out_from_demo_training_problems() -> None:
-    from shared.problems import demo_problems
+    from shared.datasets.problems import demo_problems
 
     held_out = load_benchmark("synthetic", limit=50)
     assert len(held_out) == 50 and all(p.gold.lstrip("-").isdigit() for p in held_out)

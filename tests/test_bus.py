@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from shared.bus import (
+from shared.core.bus import (
     Consumer,
     PermanentError,
     Publisher,
@@ -33,9 +33,9 @@ from shared.bus import (
     ensure_topics,
     topic_name,
 )
-from shared.db import Problem, Run, make_engine, make_sessionmaker, transaction
-from shared.messages import PROBLEMS, DeadLetter, Message, ProblemJob
-from shared.settings import CommonSettings
+from shared.core.db import Problem, Run, make_engine, make_sessionmaker, transaction
+from shared.core.messages import PROBLEMS, DeadLetter, Message, ProblemJob
+from shared.core.settings import CommonSettings
 
 WORKER = Path(__file__).with_name("bus_worker.py")
 TIMEOUT_S = 60.0  # hang guard only: every wait normally ends in seconds
@@ -64,11 +64,16 @@ def new_run(db_url: str) -> str:
 def jobs(run_id: str, n: int) -> list[ProblemJob]:
     return [
         ProblemJob(
-            run_id=run_id, kind="dialogue", problem_id=f"p{i}", job_id=f"{run_id}-p{i}-0",
-            phase=1, question=f"What is {i} + {i}?", gold=str(2 * i),
+            run_id=run_id,
+            kind="dialogue",
+            problem_id=f"p{i}",
+            job_id=f"{run_id}-p{i}-0",
+            phase=1,
+            question=f"What is {i} + {i}?",
+            gold=str(2 * i),
         )
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def problem_ids(db_url: str, run_id: str) -> list[str]:
@@ -94,9 +99,11 @@ def running(consumer: Consumer) -> Iterator[Consumer]:
 
 def committed_total(common: CommonSettings, group: str) -> int:
     """Sum of the group's committed offsets over the topic's partitions."""
-    probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap,
-                          group_id=common.topic_prefix + group,
-                          enable_auto_commit=False)  # fmt: skip
+    probe = KafkaConsumer(
+        bootstrap_servers=common.kafka_bootstrap,
+        group_id=common.topic_prefix + group,
+        enable_auto_commit=False,
+    )
     topic = topic_name(common, PROBLEMS)
     offsets = [probe.committed(TopicPartition(topic, p)) for p in range(common.partitions)]
     probe.close()
@@ -202,8 +209,10 @@ def test_malformed_and_poison_messages_go_to_dlq_and_consumer_goes_on(
     assert letters[2].error == "PermanentError: question is not a math problem"
     assert letters[2].key == "p1"
     assert REGISTRY.get_sample_value("dualphase_dlq_total", {"topic": topic}) == 3
-    errors = {k: REGISTRY.get_sample_value("dualphase_errors_total", {"topic": topic, "kind": k})
-              for k in ("parse", "permanent")}  # fmt: skip
+    errors = {
+        k: REGISTRY.get_sample_value("dualphase_errors_total", {"topic": topic, "kind": k})
+        for k in ("parse", "permanent")
+    }
     assert errors == {"parse": 2, "permanent": 1}
 
 
@@ -221,8 +230,9 @@ def test_batch_handler_poison_goes_alone_to_dlq_with_its_key(
             raise PermanentError("poison")
         handled.extend(messages)
 
-    consumer = Consumer(common, PROBLEMS, group(common), ProblemJob, handle_batch, publisher,
-                        batch_size=4)  # fmt: skip
+    consumer = Consumer(
+        common, PROBLEMS, group(common), ProblemJob, handle_batch, publisher, batch_size=4
+    )
     with running(consumer):
         wait_for(lambda: consumer.status()["processed"] == 5, "the 5 good messages")
     assert sorted(m.key() for m in handled) == ["p0", "p1", "p3", "p4", "p5"]
@@ -238,8 +248,11 @@ def test_retryable_errors_back_off_and_lose_nothing(
     run_id = new_run(db_url)
     publisher.publish_many(PROBLEMS, list(jobs(run_id, 10)))
     write = problem_writer(db_url)
-    failures = [RetryableError("db down"), RetryableError("db down"),
-                OperationalError("INSERT", {}, Exception("connection refused"))]  # fmt: skip
+    failures = [
+        RetryableError("db down"),
+        RetryableError("db down"),
+        OperationalError("INSERT", {}, Exception("connection refused")),
+    ]
 
     def flaky(job: Message) -> None:
         if job.key() == "p3" and failures:
@@ -279,8 +292,16 @@ def start_worker(
     common: CommonSettings, db_url: str, folder: Path, delay_s: float
 ) -> subprocess.Popen[bytes]:
     """A bus_worker.py process; deliveries and log go to files in `folder`."""
-    command = [sys.executable, str(WORKER), common.kafka_bootstrap, common.topic_prefix,
-               group(common), db_url, str(folder / "deliveries.txt"), str(delay_s)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(WORKER),
+        common.kafka_bootstrap,
+        common.topic_prefix,
+        group(common),
+        db_url,
+        str(folder / "deliveries.txt"),
+        str(delay_s),
+    ]
     with (folder / "worker.log").open("ab") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 

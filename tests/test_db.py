@@ -9,9 +9,9 @@ from alembic import command
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from shared.cli import app
-from shared.db import Problem, Run, insert_ignore, make_engine, make_sessionmaker
-from shared.migrations import alembic_config
+from dualphase.cli import app
+from shared.core.db import Problem, Run, insert_ignore, make_engine, make_sessionmaker
+from shared.core.migrations import alembic_config
 
 
 def test_migrations_create_exactly_the_models_schema(db_url: str) -> None:

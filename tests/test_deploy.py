@@ -28,14 +28,14 @@ from kafka import KafkaProducer
 from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, text
 
-from shared.broker import free_port
-from shared.bus import Publisher, topic_name
-from shared.db import make_engine, make_sessionmaker
-from shared.embedded import SERVICES, embedded_stack, progress_counts
-from shared.messages import PROBLEMS
-from shared.runs import ProblemSpec, submit_run
-from shared.settings import Settings
-from shared.synthetic import make_problems
+from dualphase.broker import free_port
+from dualphase.embedded import embedded_stack
+from shared.core.bus import Publisher, topic_name
+from shared.core.db import make_engine, make_sessionmaker
+from shared.core.messages import PROBLEMS, SERVICES
+from shared.core.runs import ProblemSpec, run_progress, submit_run
+from shared.core.settings import Settings
+from shared.datasets.synthetic import make_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -81,8 +81,9 @@ def test_env_example_documents_exactly_the_variables_compose_uses() -> None:
 
 def test_scrape_jobs_and_dockerfiles_use_the_service_ports_of_the_settings() -> None:
     settings = Settings()
-    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_YML.read_text())
-            ["scrape_configs"]}  # fmt: skip
+    jobs = {
+        job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
+    }
     for name in SERVICES:
         port = getattr(settings, name).port
         (sd,) = jobs[name]["dns_sd_configs"]
@@ -95,10 +96,17 @@ def test_scrape_jobs_and_dockerfiles_use_the_service_ports_of_the_settings() -> 
 def test_dashboard_queries_name_metrics_that_the_services_define() -> None:
     for name in SERVICES:  # importing a service's modules registers its metrics
         importlib.import_module(f"{name}_svc.app")
-    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"],
-                "summary": ["_sum", "_count", ""]}  # fmt: skip
-    defined = {family.name + suffix for family in REGISTRY.collect()
-               for suffix in suffixes.get(family.type, [""])}  # fmt: skip
+    suffixes = {
+        "counter": ["_total"],
+        "gauge": [""],
+        "histogram": ["_bucket", "_sum", "_count"],
+        "summary": ["_sum", "_count", ""],
+    }
+    defined = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        for suffix in suffixes.get(family.type, [""])
+    }
     for where, target in dashboard_targets("prometheus"):
         for metric in re.findall(r"\bdualphase_\w+", target["expr"]):
             assert metric in defined, f"{where}: no service defines metric {metric}"
@@ -134,10 +142,16 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -167,8 +181,12 @@ def scrape_config(settings: Settings) -> dict:
     for job in config["scrape_configs"]:
         if job["job_name"] in SERVICES:
             port = getattr(settings, job["job_name"]).port
-            jobs.append({"job_name": job["job_name"],
-                         "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]})  # fmt: skip
+            jobs.append(
+                {
+                    "job_name": job["job_name"],
+                    "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                }
+            )
     config["scrape_configs"] = jobs
     return config
 
@@ -218,10 +236,13 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
     started = time.time()
     with embedded_stack(settings) as (broker, _procs):
         sessions = make_sessionmaker(make_engine(pg_url))
-        problems = [ProblemSpec(p.id, p.question, str(p.answer), "synthetic")
-                    for p in make_problems(6, seed=11)]  # fmt: skip
-        run_id = submit_run(settings, sessions, Publisher(settings.common), problems[:3],
-                            problems[3:], seed=3)  # fmt: skip
+        problems = [
+            ProblemSpec(p.id, p.question, str(p.answer), "synthetic")
+            for p in make_problems(6, seed=11)
+        ]
+        run_id = submit_run(
+            settings, sessions, Publisher(settings.common), problems[:3], problems[3:], seed=3
+        )
         # One message that does not parse, so the dead-letter panels have something to show.
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
         producer.send(topic_name(settings.common, PROBLEMS), key=b"bad", value=b"{not json")
@@ -229,8 +250,8 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
         producer.close()
 
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not all(done >= total for done, total in progress_counts(sessions, run_id).values()):
-            assert time.monotonic() < deadline, f"run not done: {progress_counts(sessions, run_id)}"
+        while not all(done >= total for done, total in run_progress(sessions, run_id).values()):
+            assert time.monotonic() < deadline, f"run not done: {run_progress(sessions, run_id)}"
             time.sleep(2)
         time.sleep(5)  # a few more scrapes of the final counters
 
@@ -256,5 +277,8 @@ def _has_finite_value(prom_url: str, expr: str, start: float) -> bool:
     )
     body = response.json()
     assert body["status"] == "success", f"{expr}: {body.get('error')}"
-    return any(math.isfinite(float(value)) for series in body["data"]["result"]
-               for _, value in series["values"])  # fmt: skip
+    return any(
+        math.isfinite(float(value))
+        for series in body["data"]["result"]
+        for _, value in series["values"]
+    )

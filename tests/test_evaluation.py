@@ -17,11 +17,22 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from dualphase.cli import app
 from eval_svc.handler import handle
-from shared.benchmarks import BenchmarkProblem, load_benchmark
-from shared.cli import app
-from shared.db import EvalResult, EvalSampleRow, Run, make_engine, make_sessionmaker, transaction
-from shared.evaluation import (
+from shared.core.db import (
+    EvalResult,
+    EvalSampleRow,
+    Run,
+    make_engine,
+    make_sessionmaker,
+    transaction,
+)
+from shared.core.messages import CheckpointReady, SamplingParams
+from shared.core.settings import CommonSettings, EvalSettings, InferenceConfig, Settings
+from shared.datasets import BenchmarkProblem, load_benchmark
+from shared.inference import Backend, ChatResult, load_backend
+from shared.inference.model import resolve_model
+from shared.method.evaluation import (
     BASE_CHECKPOINT_ID,
     CORRECT_PROMPT,
     SYSTEM_PROMPT,
@@ -32,11 +43,7 @@ from shared.evaluation import (
     says_wrong,
     summarise,
 )
-from shared.grading import Grader, extract_answer, is_equivalent
-from shared.inference import Backend, ChatResult, load_backend
-from shared.messages import CheckpointReady, SamplingParams
-from shared.model import resolve_model
-from shared.settings import CommonSettings, EvalSettings, InferenceConfig, Settings
+from shared.method.grading import Grader, extract_answer, is_equivalent
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"

@@ -32,10 +32,13 @@ from kafka import KafkaConsumer
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from sampler_svc.handler import build_phase1_set, contaminated, kept_solutions
-from shared import migrations, shards
-from shared.broker import EmbeddedBroker, free_port
-from shared.db import (
+from dualphase.broker import EmbeddedBroker, free_port
+from dualphase.embedded import start_service, stop_service, wait_ready
+from sampler_svc.balance import build_phase1_set
+from sampler_svc.rounds import kept_solutions
+from sampler_svc.sealing import contaminated
+from shared.core import migrations, shards
+from shared.core.db import (
     AttemptCount,
     CheckpointRow,
     EvalResult,
@@ -47,10 +50,10 @@ from shared.db import (
     make_engine,
     make_sessionmaker,
 )
-from shared.embedded import SERVICES, progress_counts, start_service, stop_service, wait_ready
-from shared.messages import ALL_TOPICS
-from shared.problems import demo_problems
-from shared.settings import CONFIG_ENV, CommonSettings, Settings
+from shared.core.messages import ALL_TOPICS, SERVICES
+from shared.core.runs import run_progress
+from shared.core.settings import CONFIG_ENV, CommonSettings, Settings
+from shared.datasets.problems import demo_problems
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +144,9 @@ class Stack:
     def submit(self, seed: int) -> str:
         """A run of 3 + 3 synthetic problems, through the admin endpoint."""
         specs = demo_problems(6, seed)
-        problems = [{"id": f"{s.id}-{seed}", "question": s.question, "answer": s.gold}
-                    for s in specs]  # fmt: skip
+        problems = [
+            {"id": f"{s.id}-{seed}", "question": s.question, "answer": s.gold} for s in specs
+        ]
         reply = httpx.post(
             self.url("sampler", "/runs"),
             json={"problems": problems, "phase1": 3, "seed": seed},
@@ -180,8 +184,11 @@ class Stack:
     def republished(self) -> float:
         """The sampler's reconciler counter, all kinds."""
         text = httpx.get(self.url("sampler", "/metrics"), timeout=10).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("dualphase_reconciler_republished_total{"))  # fmt: skip
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("dualphase_reconciler_republished_total{")
+        )
 
     def log_tail(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
@@ -251,14 +258,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings.sampler.schedule = [1, 2]
     settings.trainer = settings.trainer.model_validate({"preset": "cpu-tiny", "max_steps": 1})
     settings.eval = settings.eval.model_validate(
-        {"benchmarks": ["gsm8k"], "limit": 2, "samples": 1, "max_new_tokens": 32,
-         "baseline_modes": [], "datasets_dir": DATASETS}
-    )  # fmt: skip
+        {
+            "benchmarks": ["gsm8k"],
+            "limit": 2,
+            "samples": 1,
+            "max_new_tokens": 32,
+            "baseline_modes": [],
+            "datasets_dir": DATASETS,
+        }
+    )
     for service in SERVICES:
         getattr(settings, service).port = free_port()
     engine = make_engine(direct_url)  # the test itself reads the database directly
-    stack = Stack(settings, _env(settings, proxied_url), broker, proxy,
-                  make_sessionmaker(engine), data_dir / "logs")  # fmt: skip
+    stack = Stack(
+        settings,
+        _env(settings, proxied_url),
+        broker,
+        proxy,
+        make_sessionmaker(engine),
+        data_dir / "logs",
+    )
     try:
         for service in SERVICES:
             stack.start(service)
@@ -276,13 +295,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def assert_consistent(stack: Stack, run_id: str) -> None:
     """Complete and consistent: what the database says was produced is there exactly once."""
     settings, schedule = stack.settings, stack.settings.sampler.schedule
-    counts = progress_counts(stack.sessions, run_id)
+    counts = run_progress(stack.sessions, run_id)
     assert all(done == total for done, total in counts.values()), counts
     with stack.sessions() as s:
         run = s.get_one(Run, run_id)
         assert run.status == "complete"
-        problems = {p.problem_id: p.phase for p in
-                    s.scalars(select(Problem).where(Problem.run_id == run_id))}  # fmt: skip
+        problems = {
+            p.problem_id: p.phase
+            for p in s.scalars(select(Problem).where(Problem.run_id == run_id))
+        }
         gens = s.scalars(select(GenerationRow).where(GenerationRow.run_id == run_id)).all()
         verdicts = s.scalars(select(VerdictRow).where(VerdictRow.run_id == run_id)).all()
         # One verdict per generation, none without one, none twice.
@@ -290,14 +311,16 @@ def assert_consistent(stack: Stack, run_id: str) -> None:
         assert len({g.sample_id for g in gens}) == len(gens)
         # Phase 1: one three-turn dialogue per problem.
         phase1 = [g for g in gens if g.phase == 1]
-        assert sorted(g.problem_id for g in phase1) == sorted(p for p, ph in problems.items()
-                                                              if ph == 1)  # fmt: skip
+        assert sorted(g.problem_id for g in phase1) == sorted(
+            p for p, ph in problems.items() if ph == 1
+        )
         assert all(len(g.turns) == 3 for g in phase1)
         # Phase 2: every problem in exactly one final state, with the samples its rounds called
         # for (no more, no fewer) and attempt counts equal to its verdict rows.
         attempts = s.scalars(select(AttemptCount).where(AttemptCount.run_id == run_id)).all()
-        assert sorted(a.problem_id for a in attempts) == sorted(p for p, ph in problems.items()
-                                                                if ph == 2)  # fmt: skip
+        assert sorted(a.problem_id for a in attempts) == sorted(
+            p for p, ph in problems.items() if ph == 2
+        )
         for a in attempts:
             mine = [v for v in verdicts if v.problem_id == a.problem_id]
             assert a.state == ("solved" if a.corrects else "exhausted"), a.state
@@ -309,8 +332,12 @@ def assert_consistent(stack: Stack, run_id: str) -> None:
         phase1_ids = [v.sample_id for v in build_phase1_set(s, run_id, run.seed, drop).kept]
         solved = sorted(a.problem_id for a in attempts if a.state == "solved")
         keep_k = settings.sampler.keep_k
-        kept = [g.sample_id for p in solved if p not in drop
-                for g in kept_solutions(s, run_id, p, keep_k)]  # fmt: skip
+        kept = [
+            g.sample_id
+            for p in solved
+            if p not in drop
+            for g in kept_solutions(s, run_id, p, keep_k)
+        ]
         expected = {"phase1": phase1_ids, "joint": phase1_ids + kept}
         rows = s.scalars(select(ShardRow).where(ShardRow.run_id == run_id)).all()
         assert sorted(r.stage for r in rows) == ["joint", "phase1"]
@@ -321,8 +348,11 @@ def assert_consistent(stack: Stack, run_id: str) -> None:
         # One ready checkpoint per stage, each evaluated once per benchmark and mode.
         ckpts = s.scalars(select(CheckpointRow).where(CheckpointRow.run_id == run_id)).all()
         assert sorted((c.stage, c.status) for c in ckpts) == [("M1", "ready"), ("M2", "ready")]
-        evals = s.execute(select(EvalResult.checkpoint_id, EvalResult.benchmark, EvalResult.mode)
-                          .where(EvalResult.run_id == run_id)).all()  # fmt: skip
+        evals = s.execute(
+            select(EvalResult.checkpoint_id, EvalResult.benchmark, EvalResult.mode).where(
+                EvalResult.run_id == run_id
+            )
+        ).all()
         assert sorted(e.checkpoint_id for e in evals) == sorted(["base", *(c.id for c in ckpts)])
     assert_nothing_dead_lettered(stack, run_id)
 
@@ -330,8 +360,12 @@ def assert_consistent(stack: Stack, run_id: str) -> None:
 def assert_nothing_dead_lettered(stack: Stack, run_id: str) -> None:
     """No message of the run went to a DLQ: faults are retried, never given up on."""
     common = stack.settings.common
-    consumer = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, group_id=None,
-                             auto_offset_reset="earliest", consumer_timeout_ms=3000)  # fmt: skip
+    consumer = KafkaConsumer(
+        bootstrap_servers=common.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
     try:
         consumer.subscribe([common.topic_prefix + t + ".dlq" for t in ALL_TOPICS])
         letters = [r.value.decode(errors="replace") for r in consumer]
@@ -355,7 +389,7 @@ def test_run_completes_consistent_when_each_service_is_sigkilled_and_restarted(
     for name in order:
         delay = rng.uniform(0.5, 6.0)
         time.sleep(delay)
-        counts = progress_counts(stack.sessions, run_id)
+        counts = run_progress(stack.sessions, run_id)
         print(f"seed {SEED}: SIGKILL {name}-svc after {delay:.1f} s; progress {counts}")
         stack.procs[name].send_signal(signal.SIGKILL)
         stack.procs[name].wait()
@@ -375,7 +409,7 @@ def test_run_completes_consistent_when_the_database_is_unreachable_for_ten_secon
     time.sleep(delay)
     print(
         f"cutting the database {delay:.1f} s after the first verdict; progress "
-        f"{progress_counts(stack.sessions, run_id)}"
+        f"{run_progress(stack.sessions, run_id)}"
     )
     stack.proxy.cut()
     try:
@@ -429,8 +463,11 @@ def test_run_completes_when_the_broker_restarts_and_loses_queued_jobs(stack: Sta
     restarted = time.monotonic()
     print(f"broker restarted on port {port}")
     # Shorter limits: a consumer that hangs in its re-join (see xfail) never recovers.
-    first = stack.wait_for("a phase-2 generation after the restart",
-                           lambda: stack.count(GenerationRow, run_id) > 3, 240)  # fmt: skip
+    first = stack.wait_for(
+        "a phase-2 generation after the restart",
+        lambda: stack.count(GenerationRow, run_id) > 3,
+        240,
+    )
     stack.wait_complete(run_id, 300)
     total = time.monotonic() - restarted
     republished = stack.republished() - before

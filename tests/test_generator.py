@@ -7,10 +7,10 @@ generation through the service is in tests/test_pipeline.py.
 from __future__ import annotations
 
 from generator_svc.handler import GeneratorStats, handle_jobs
-from shared.db import GenerationRow, make_engine, make_sessionmaker
+from shared.core.db import GenerationRow, make_engine, make_sessionmaker
+from shared.core.messages import Dialogue, ProblemJob, SamplingParams
 from shared.inference import ChatResult, Completion
-from shared.messages import Dialogue, ProblemJob, SamplingParams
-from shared.prompts import load_prompts
+from shared.method.prompts import load_prompts
 
 
 class RecordingBackend:
@@ -25,10 +25,12 @@ class RecordingBackend:
         self.calls.append((conversations, params))
         turn = sum(m["role"] == "assistant" for m in conversations[0]) + 1
         return [
-            ChatResult([Completion(f"turn {turn} sample {i}", 3 + turn, "stop")
-                        for i in range(params.n)], self.model_id)
+            ChatResult(
+                [Completion(f"turn {turn} sample {i}", 3 + turn, "stop") for i in range(params.n)],
+                self.model_id,
+            )
             for _ in conversations
-        ]  # fmt: skip
+        ]
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -36,18 +38,29 @@ class RecordingBackend:
 
 def job(i: int, kind: str = "dialogue", n: int = 1) -> ProblemJob:
     return ProblemJob(
-        run_id="run-g", kind=kind, problem_id=f"p{i}", job_id=f"run-g:p{i}:{kind}", phase=1
-        if kind == "dialogue" else 2, question=f"What is {i} + 1?", gold=str(i + 1),
+        run_id="run-g",
+        kind=kind,
+        problem_id=f"p{i}",
+        job_id=f"run-g:p{i}:{kind}",
+        phase=1 if kind == "dialogue" else 2,
+        question=f"What is {i} + 1?",
+        gold=str(i + 1),
         params=SamplingParams(n=n, max_new_tokens=8, seed=7),
-    )  # fmt: skip
+    )
 
 
 def run(jobs: list[ProblemJob], backend: RecordingBackend, db_url: str) -> list[Dialogue]:
     published: list[Dialogue] = []
     sessions = make_sessionmaker(make_engine(db_url))
     prompts = load_prompts("v1")
-    handle_jobs(jobs, sessions, lambda _m: backend, prompts,
-                lambda _topic, d: published.append(d), GeneratorStats())  # fmt: skip
+    handle_jobs(
+        jobs,
+        sessions,
+        lambda _m: backend,
+        prompts,
+        lambda _topic, d: published.append(d),
+        GeneratorStats(),
+    )
     return published
 
 
@@ -60,7 +73,10 @@ def test_each_turn_of_a_batch_is_one_backend_call(sqlite_url: str) -> None:
     assert "backtrack" in review[3]["content"] and review[3]["role"] == "user"
     assert len({params.seed for _, params in backend.calls}) == 3, "each turn has its own seed"
     assert [d.samples[0].turns for d in dialogues][0] == [
-        "turn 1 sample 0", "turn 2 sample 0", "turn 3 sample 0"]  # fmt: skip
+        "turn 1 sample 0",
+        "turn 2 sample 0",
+        "turn 3 sample 0",
+    ]
     assert dialogues[0].samples[0].tokens == [4, 5, 6]
     assert dialogues[0].prompt_version == "v1" and dialogues[0].model == backend.model_id
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shared.benchmarks import load_benchmark
-from shared.cli import app
-from shared.grading import Grade, Grader, extract_answer, is_equivalent
-from shared.messages import Dialogue, Generation, SamplingParams
-from shared.settings import VerifierSettings
+from dualphase.cli import app
+from shared.core.messages import Dialogue, Generation, SamplingParams
+from shared.core.settings import VerifierSettings
+from shared.datasets import load_benchmark
+from shared.method.grading import Grade, Grader, extract_answer, is_equivalent
 from verifier_svc.handler import rule_tally, verify_dialogue
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"

@@ -10,14 +10,17 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from shared import hardware
-from shared.hardware import CpuBf16, choose_cpu, resolve_dtype
-from shared.settings import InferenceConfig, TrainerSettings
+from shared.core.settings import InferenceConfig, TrainerSettings
+from shared.inference import hardware
+from shared.inference.hardware import CpuBf16, choose_cpu, resolve_dtype
 from trainer_svc.train import use_bf16
 
 # Restricts torch's, oneDNN's and MKL's kernels to AVX2: bfloat16 is then emulated on any CPU.
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-             "MKL_ENABLE_INSTRUCTIONS": "AVX2"}  # fmt: skip
+AVX2_ONLY = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
 
 
 @pytest.fixture
@@ -84,11 +87,17 @@ def test_choose_cpu_needs_both_the_isa_and_the_probe() -> None:
 def test_auto_is_float32_under_the_real_avx2_restriction() -> None:
     """The real detection, in a process whose kernels are held to AVX2, on whatever CPU this is."""
     code = (
-        "from shared.hardware import resolve_dtype; c = resolve_dtype('auto', 'cpu'); "
+        "from shared.inference.hardware import resolve_dtype; c = resolve_dtype('auto', 'cpu'); "
         "print(c.dtype); print(c.reason)"
     )
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **AVX2_ONLY},
-                         capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **AVX2_ONLY},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     dtype, reason = out.stdout.splitlines()
     assert dtype == "float32", reason
 

@@ -23,11 +23,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from a hub in t
 import httpx
 import pytest
 
+from shared.core.messages import SamplingParams
+from shared.core.settings import InferenceConfig
 from shared.inference import Backend, ChatResult, load_backend
-from shared.inference_openai import OpenAIError
-from shared.messages import SamplingParams
-from shared.model import EMBEDDED_NAME, prepare_embedded_model, resolve_model
-from shared.settings import InferenceConfig
+from shared.inference.model import EMBEDDED_NAME, prepare_embedded_model, resolve_model
+from shared.inference.openai import OpenAIError
 
 ADD = [{"role": "user", "content": "What is 2+3?"}]
 HI = [{"role": "user", "content": "Hi"}]
@@ -71,7 +71,8 @@ def test_embedded_model_is_prepared_once_and_reused(cfg: InferenceConfig, embedd
 @pytest.mark.slow
 def test_concurrent_preparations_leave_one_complete_folder(tmp_path: Path) -> None:
     # Two processes, as two services starting at once would be.
-    code = "import sys; from pathlib import Path; from shared.model import prepare_embedded_model;"
+    code = "import sys; from pathlib import Path; "
+    code += "from shared.inference.model import prepare_embedded_model; "
     code += "print(prepare_embedded_model(Path(sys.argv[1])))"
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE)

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli import app
+from benchmarks.sampling_measured import NEVER, draw, first_indices, waves_up_to
+from benchmarks.sampling_simulation import PAPER_SCHEDULE, compare, run_schedule
+from dualphase.cli import app
+from shared.core.messages import SamplingParams
+from shared.core.settings import Settings
+from shared.datasets.synthetic import SyntheticProblem
 from shared.inference import load_backend
-from shared.measured_sampling import NEVER, draw, first_indices, waves_up_to
-from shared.messages import SamplingParams
-from shared.prompts import load_prompts, question_conversation
-from shared.settings import Settings
-from shared.simulation import PAPER_SCHEDULE, compare, run_schedule
-from shared.synthetic import SyntheticProblem
+from shared.method.prompts import load_prompts, question_conversation
 
 EASY = SyntheticProblem("easy", "What is 2 + 3? Reply with the number only.", 5, 1)
 NEVER_SOLVED = SyntheticProblem("never", "What is 2 + 3? Reply with the number only.", 987654321, 5)
@@ -72,8 +72,12 @@ def test_stream_stops_at_the_first_accepted_wave_and_equals_one_pass(settings: S
     # Round by round = one pass: the token counts of every sample match a single chat call.
     backend = load_backend(settings.inference)
     conv = question_conversation(load_prompts(settings.generator.prompt_version), EASY.question)
-    params = SamplingParams(n=len(easy["tokens"]), temperature=settings.generator.temperature,
-                            max_new_tokens=12, seed=seed)  # fmt: skip
+    params = SamplingParams(
+        n=len(easy["tokens"]),
+        temperature=settings.generator.temperature,
+        max_new_tokens=12,
+        seed=seed,
+    )
     assert [c.tokens for c in backend.chat([conv], params)[0].completions] == easy["tokens"]
 
 

@@ -12,14 +12,14 @@ import pytest
 from kafka import KafkaConsumer
 from sqlalchemy import func, select
 
-from shared.broker import free_port
-from shared.bus import Publisher, ensure_topics, topic_name
-from shared.db import GenerationRow, VerdictRow, make_engine, make_sessionmaker
-from shared.embedded import service_env, start_service, stop_service, wait_ready
-from shared.messages import ALL_TOPICS, VERIFIED_SAMPLES, VerifiedSamples
-from shared.runs import ProblemSpec, submit_run
-from shared.settings import CommonSettings, Settings
-from shared.synthetic import make_problems
+from dualphase.broker import free_port
+from dualphase.embedded import service_env, start_service, stop_service, wait_ready
+from shared.core.bus import Publisher, ensure_topics, topic_name
+from shared.core.db import GenerationRow, VerdictRow, make_engine, make_sessionmaker
+from shared.core.messages import ALL_TOPICS, VERIFIED_SAMPLES, VerifiedSamples
+from shared.core.runs import ProblemSpec, submit_run
+from shared.core.settings import CommonSettings, Settings
+from shared.datasets.synthetic import make_problems
 
 
 def stack_settings(common: CommonSettings, db_url: str) -> Settings:
@@ -52,8 +52,10 @@ def test_problem_flows_through_generator_and_verifier_to_verified_samples(
         wait_ready(settings, list(procs), procs)
 
         sessions = make_sessionmaker(make_engine(db_url))
-        problems = [ProblemSpec(p.id, p.question, str(p.answer), "synthetic")
-                    for p in make_problems(3, seed=7)]  # fmt: skip
+        problems = [
+            ProblemSpec(p.id, p.question, str(p.answer), "synthetic")
+            for p in make_problems(3, seed=7)
+        ]
         publisher = Publisher(common)
         run_id = submit_run(settings, sessions, publisher, problems, [], seed=1)
 

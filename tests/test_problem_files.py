@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from shared.admin import SOURCE, admin_router
-from shared.bus import Publisher, ensure_topics
-from shared.db import Problem, Run, make_engine, make_sessionmaker
-from shared.messages import ALL_TOPICS
-from shared.service import make_app
-from shared.settings import CONFIG_ENV, CommonSettings, Settings
+from sampler_svc.admin import SOURCE, admin_router
+from shared.core.bus import Publisher, ensure_topics
+from shared.core.db import Problem, Run, make_engine, make_sessionmaker
+from shared.core.messages import ALL_TOPICS
+from shared.core.service import make_app
+from shared.core.settings import CONFIG_ENV, CommonSettings, Settings
 
 GOOD = '{"id": "p1", "question": "Ann has 2 apples and gets 3 more. How many?", "answer": "5"}'
 GOOD2 = '{"id": "p2", "question": "Ben has 7 cards and gives 4 away. How many?", "answer": "3"}'
@@ -29,21 +29,29 @@ HEADERS = {"Authorization": "Bearer t", "Content-Type": "application/json"}
 BAD = {
     "malformed line": (f'{GOOD}\n{{"id": "p2", "question": "x?" "answer": "1"}}\n', 2, "not JSON"),
     "missing answer": (f'{GOOD}\n{GOOD2}\n{{"id": "p3", "question": "Why?"}}\n', 3, "'answer'"),
-    "empty question": (f'{GOOD}\n{{"id": "p3", "question": " ", "answer": "1"}}\n', 2,
-                       "'question'"),
-    "duplicate id": (f'{GOOD}\n{GOOD2}\n{GOOD2.replace("Ben", "Cy")}\n', 3, "field 'id'"),
-    "duplicate question": (f'{GOOD}\n{GOOD.replace("p1", "p9")}\n', 2, "field 'question'"),
-    "not UTF-8": (f"{GOOD}\n".encode() + b'{"id": "p2", "question": "caf\xe9?", "answer": "1"}\n',
-                  2, "not UTF-8"),
-}  # fmt: skip
+    "empty question": (
+        f'{GOOD}\n{{"id": "p3", "question": " ", "answer": "1"}}\n',
+        2,
+        "'question'",
+    ),
+    "duplicate id": (f"{GOOD}\n{GOOD2}\n{GOOD2.replace('Ben', 'Cy')}\n", 3, "field 'id'"),
+    "duplicate question": (f"{GOOD}\n{GOOD.replace('p1', 'p9')}\n", 2, "field 'question'"),
+    "not UTF-8": (
+        f"{GOOD}\n".encode() + b'{"id": "p2", "question": "caf\xe9?", "answer": "1"}\n',
+        2,
+        "not UTF-8",
+    ),
+}
 
 
 def run_rows(db_url: str) -> tuple[int, int]:
     engine = make_engine(db_url)
     try:
         with make_sessionmaker(engine)() as s:
-            return (s.scalar(select(func.count()).select_from(Run)) or 0,
-                    s.scalar(select(func.count()).select_from(Problem)) or 0)  # fmt: skip
+            return (
+                s.scalar(select(func.count()).select_from(Run)) or 0,
+                s.scalar(select(func.count()).select_from(Problem)) or 0,
+            )
     finally:
         engine.dispose()
 
@@ -57,13 +65,18 @@ def test_dualphase_run_rejects_a_bad_problem_file_naming_file_line_and_field(
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUALPHASE_")}
     env.pop(CONFIG_ENV, None)
-    env |= {"DUALPHASE_COMMON__DATA_DIR": str(tmp_path / "data"),
-            "DUALPHASE_COMMON__DATABASE_URL": db_url}  # fmt: skip
+    env |= {
+        "DUALPHASE_COMMON__DATA_DIR": str(tmp_path / "data"),
+        "DUALPHASE_COMMON__DATABASE_URL": db_url,
+    }
     before = run_rows(db_url)
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "run", "--problems", str(path), "--timeout", "1"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "dualphase.cli", "run", "--problems", str(path), "--timeout", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     error = done.stderr.strip()
     assert error.startswith(f"error: {path}:{line}: "), error
@@ -80,8 +93,9 @@ def test_post_runs_rejects_bad_problems_naming_line_and_field(
     content, line, names = BAD[case]
     # JSON cannot carry raw bytes: a client sends them as lone surrogates (Python's way).
     text = content.decode("utf-8", "surrogateescape") if isinstance(content, bytes) else content
-    settings = Settings(common=common.model_copy(update={"admin_token": "t",
-                                                         "database_url": db_url}))  # fmt: skip
+    settings = Settings(
+        common=common.model_copy(update={"admin_token": "t", "database_url": db_url})
+    )
     ensure_topics(common, ALL_TOPICS)
     engine = make_engine(db_url)
     publisher = Publisher(settings.common)
@@ -103,8 +117,9 @@ def test_post_runs_rejects_bad_problems_naming_line_and_field(
 def test_post_runs_rejects_a_body_that_is_not_utf8_and_creates_nothing(
     common: CommonSettings, sqlite_url: str
 ) -> None:
-    settings = Settings(common=common.model_copy(update={"admin_token": "t",
-                                                         "database_url": sqlite_url}))  # fmt: skip
+    settings = Settings(
+        common=common.model_copy(update={"admin_token": "t", "database_url": sqlite_url})
+    )
     engine = make_engine(sqlite_url)
     publisher = Publisher(settings.common)
     router = admin_router(settings, make_sessionmaker(engine), publisher)

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from shared.cli import app
-from shared.db import (
+from dualphase.cli import app
+from dualphase.report import load_run
+from shared.core.db import (
     CheckpointRow,
     EvalResult,
     EvalSampleRow,
@@ -19,8 +20,7 @@ from shared.db import (
     make_sessionmaker,
     transaction,
 )
-from shared.evaluation import BASE_CHECKPOINT_ID
-from shared.report import load_run
+from shared.method.evaluation import BASE_CHECKPOINT_ID
 
 # (checkpoint, mode) -> (accuracy on gsm8k, on math500); tokens grow with the stage.
 RESULTS = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from shared.rules import (
+from shared.core.settings import VerifierSettings
+from verifier_svc.rules import (
     apply_rules,
     boxed_answer,
     has_checking_steps,
@@ -13,7 +14,6 @@ from shared.rules import (
     no_language_mixing,
     no_repetition,
 )
-from shared.settings import VerifierSettings
 
 GOOD = (
     "We need the sum of the roots of x^2 - 5x + 6 = 0. Factoring gives (x - 2)(x - 3), so the "

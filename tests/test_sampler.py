@@ -23,9 +23,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sampler_svc import handler as sampler
-from shared import shards
-from shared.bus import Consumer, Publisher, ensure_topics, topic_name
-from shared.db import (
+from sampler_svc.balance import build_phase1_set
+from sampler_svc.decontam import Decontaminator, benchmark_questions
+from sampler_svc.rounds import pending_jobs
+from sampler_svc.sealing import seal_phase1, seal_phase2
+from shared.core import shards
+from shared.core.bus import Consumer, Publisher, ensure_topics, topic_name
+from shared.core.db import (
     AttemptCount,
     GenerationRow,
     Problem,
@@ -33,13 +37,11 @@ from shared.db import (
     Run,
     VerdictRow,
     insert_ignore,
+    insert_verdicts,
     make_engine,
     make_sessionmaker,
 )
-from shared.decontam import Decontaminator, benchmark_questions
-from shared.grading import Grader, last_boxed
-from shared.markers import render, strip_marker
-from shared.messages import (
+from shared.core.messages import (
     ALL_TOPICS,
     PROBLEMS,
     TRAINING_SHARDS,
@@ -47,6 +49,7 @@ from shared.messages import (
     CheckpointReady,
     Dialogue,
     Generation,
+    Message,
     ProblemJob,
     RejectionSampled,
     SamplingParams,
@@ -54,7 +57,9 @@ from shared.messages import (
     Verdict,
     VerifiedSamples,
 )
-from shared.settings import CommonSettings, EvalSettings, SamplerSettings, Settings
+from shared.core.settings import CommonSettings, EvalSettings, SamplerSettings, Settings
+from shared.method.grading import Grader, last_boxed
+from shared.method.markers import render, strip_marker
 
 HERE = Path(__file__).resolve()
 DATASETS = HERE.parents[2] / "shared" / "datasets"
@@ -177,6 +182,16 @@ def read_rows(path: str) -> list[dict]:
 # --- phase 1 ----------------------------------------------------------------------------------
 
 
+def reconcile(session: Session, settings: Settings) -> list[Message]:
+    """What the reconciler's pass owes every run of the database: seals and pending jobs."""
+    out: list[Message] = []
+    for run_id in session.scalars(select(Run.id).order_by(Run.id)).all():
+        out += seal_phase1(session, run_id, settings, again=True)
+        out += pending_jobs(session, run_id, settings)
+        out += seal_phase2(session, run_id, settings, again=True)
+    return out
+
+
 @pytest.fixture(scope="module")
 def clean_math_problems() -> list[tuple[str, str, str]]:
     """40 real MATH problems (id, question, gold) that share no 13-gram with a benchmark."""
@@ -249,8 +264,8 @@ def test_phase1_set_is_exactly_one_to_one_on_real_verdicts(
             r.rule: (r.failed, r.passed)
             for r in session.scalars(select(RuleCount).where(RuleCount.run_id == run_id))
         }
-        again = sampler.build_phase1_set(session, run_id, seed=7)
-        other = sampler.build_phase1_set(session, run_id, seed=8)
+        again = build_phase1_set(session, run_id, seed=7)
+        other = build_phase1_set(session, run_id, seed=8)
     kept = [verdicts[r["sample_id"]] for r in rows]
     # 23 accepted RR (one failed a rule) against 8 WR: 8 of each.
     assert sum(v.initial_correct for v in kept) == sum(not v.initial_correct for v in kept) == 8
@@ -266,7 +281,7 @@ def test_phase1_set_is_exactly_one_to_one_on_real_verdicts(
 
     with sessions.begin() as session:  # a redelivered verdict: announced once, file untouched
         assert sampler.on_verdicts(session, messages[3], settings) == []
-        recovered = sampler.reconcile(session, settings)  # a lost publish is announced again
+        recovered = reconcile(session, settings)  # a lost publish is announced again
     assert manifest in recovered
     shards.verify(manifest.files[0])
 
@@ -284,7 +299,7 @@ def test_phase1_manifest_is_announced_once_when_the_verifier_wrote_every_verdict
     with sessions.begin() as session:
         for pid, msg in zip(pids, messages, strict=True):
             add_generations(session, phase1_job(run_id, pid), [["1", "Review.", f"{CHECKS} 1"]])
-            sampler.record_verdicts(session, msg)
+            insert_verdicts(session, msg)
     published = []
     for msg in messages:
         with sessions.begin() as session:
@@ -330,7 +345,7 @@ def test_decontamination_drops_a_planted_benchmark_problem(db_url: str, tmp_path
 def test_bad_benchmark_file_is_named_with_its_line(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "test.jsonl").write_text('{"question": "ok"}\n{"answer": 3}\n')
-    with pytest.raises(ValueError, match=r"mine/test.jsonl:2: no 'question'"):
+    with pytest.raises(ValueError, match=r"mine/test.jsonl:2: field 'question'"):
         benchmark_questions(tmp_path)
 
 
@@ -385,7 +400,7 @@ def test_rounds_escalate_through_the_schedule_and_redelivery_counts_nothing_twic
         published.append(job)
         assert isinstance(job, ProblemJob) and job.params.n == [2, 3, 5][job.round]
         with sessions.begin() as session:  # reconcile finds exactly the jobs in flight
-            again = sampler.reconcile(session, settings)  # every run of the database
+            again = reconcile(session, settings)  # every run of the database
             assert {j.job_id for j in again if j.run_id == run_id} == {
                 j.job_id for j in [job, *queue]
             }
@@ -505,8 +520,8 @@ def worker_main(
             f.write(line + "\n")
 
     with sessions.begin() as session:
-        lost = sampler.reconcile(session, settings)
-    sampler.publish_all(publisher, lost)
+        lost = reconcile(session, settings)
+    publisher.publish_all(lost)
     note(f"started {len(lost)}")
 
     def handle(msg: VerifiedSamples) -> None:
@@ -514,7 +529,7 @@ def worker_main(
             out = sampler.on_verdicts(session, msg, settings)
         note(f"committed {msg.job_id}")
         time.sleep(float(delay_s))
-        sampler.publish_all(publisher, out)
+        publisher.publish_all(out)
         note(f"published {msg.job_id}")
 
     Consumer(settings.common, VERIFIED_SAMPLES, "sampler", VerifiedSamples, handle, publisher).run()
@@ -555,7 +570,7 @@ def test_sampler_killed_mid_round_loses_and_repeats_no_round(
     run_id = add_run(sessions, phase2=[(p, f"Question {p}?", "1") for p in KILL_PLAN])
     publisher = Publisher(common)
     with sessions.begin() as session:
-        sampler.publish_all(publisher, sampler.on_checkpoint(session, checkpoint(run_id), settings))
+        publisher.publish_all(sampler.on_checkpoint(session, checkpoint(run_id), settings))
 
     log = common.data_dir / "worker.log"
     worker = start_worker(common, pg_url, log, delay_s=1.5)

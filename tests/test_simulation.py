@@ -7,9 +7,9 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli import app
-from shared.settings import SamplerSettings
-from shared.simulation import PAPER_SCHEDULE, SimulationConfig, simulate
+from benchmarks.sampling_simulation import PAPER_SCHEDULE, SimulationConfig, simulate
+from dualphase.cli import app
+from shared.core.settings import SamplerSettings
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,9 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from shared.bus import Consumer, PermanentError, Publisher, ensure_topics, topic_name
-from shared.db import CheckpointRow, make_engine, make_sessionmaker
-from shared.messages import (
+from shared.core.bus import Consumer, PermanentError, Publisher, ensure_topics, topic_name
+from shared.core.db import CheckpointRow, make_engine, make_sessionmaker
+from shared.core.messages import (
     CHECKPOINTS,
     TRAINING_SHARDS,
     CheckpointReady,
@@ -38,9 +38,9 @@ from shared.messages import (
     ShardFile,
     ShardManifest,
 )
-from shared.model import resolve_model
-from shared.settings import CommonSettings, InferenceConfig, Settings, TrainerSettings
-from shared.shards import sha256_file, write_jsonl
+from shared.core.settings import CommonSettings, InferenceConfig, Settings, TrainerSettings
+from shared.core.shards import sha256_file, write_jsonl
+from shared.inference.model import resolve_model
 from trainer_svc.handler import (
     TrainerStats,
     check_shard,
@@ -48,7 +48,7 @@ from trainer_svc.handler import (
     handle_manifest,
     train_shard,
 )
-from trainer_svc.train import TrainJob, TrainResult, last_complete_checkpoint, main
+from trainer_svc.train import TrainJob, TrainResult, last_complete_checkpoint, train
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 MATH = DATASETS / "train" / "math_test_full.jsonl"
@@ -63,13 +63,19 @@ def math_rows(n: int, max_chars: int = 400) -> list[dict[str, Any]]:
             item = json.loads(line)
             if len(item["problem"]) + len(item["solution"]) > max_chars:
                 continue
-            rows.append({
-                "prompt": [{"role": "system", "content": "Solve the problem step by step."},
-                           {"role": "user", "content": item["problem"]}],
-                "completion": [{"role": "assistant", "content": item["solution"]}],
-                "source": "multi-turn", "run_id": "r", "problem_id": str(item["idx"]),
-                "sample_id": f"{item['idx']}-0",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "prompt": [
+                        {"role": "system", "content": "Solve the problem step by step."},
+                        {"role": "user", "content": item["problem"]},
+                    ],
+                    "completion": [{"role": "assistant", "content": item["solution"]}],
+                    "source": "multi-turn",
+                    "run_id": "r",
+                    "problem_id": str(item["idx"]),
+                    "sample_id": f"{item['idx']}-0",
+                }
+            )
             if len(rows) == n:
                 return rows
     raise AssertionError(f"{MATH} has fewer than {n} short problems")
@@ -77,15 +83,21 @@ def math_rows(n: int, max_chars: int = 400) -> list[dict[str, Any]]:
 
 def tiny(**overrides: Any) -> TrainerSettings:
     """The cpu-tiny preset, smaller still: a few updates on 128-token sequences."""
-    fields: dict[str, Any] = dict(preset="cpu-tiny", max_length=128, per_device_batch_size=2,
-                                  gradient_accumulation_steps=1,
-                                  max_steps=3, save_steps=100)  # fmt: skip
+    fields: dict[str, Any] = dict(
+        preset="cpu-tiny",
+        max_length=128,
+        per_device_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_steps=3,
+        save_steps=100,
+    )
     return TrainerSettings(**{**fields, **overrides})
 
 
 def manifest_for(files: list[ShardFile], shard_id: str = "r:joint") -> ShardManifest:
-    return ShardManifest(run_id="r", shard_id=shard_id, stage="joint", base_model="embedded",
-                         files=files)  # fmt: skip
+    return ShardManifest(
+        run_id="r", shard_id=shard_id, stage="joint", base_model="embedded", files=files
+    )
 
 
 def completion_loss(model_dir: str, rows: list[dict[str, Any]]) -> float:
@@ -94,8 +106,9 @@ def completion_loss(model_dir: str, rows: list[dict[str, Any]]) -> float:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     losses = []
     for row in rows:
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True,
-                                               tokenize=False)  # fmt: skip
+        prompt = tokenizer.apply_chat_template(
+            row["prompt"], add_generation_prompt=True, tokenize=False
+        )
         full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
         ids = tokenizer(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
         labels = ids.clone()
@@ -164,8 +177,9 @@ def test_fine_tuned_checkpoint_reloads_generates_and_fits_its_shard_better(
 
     model = AutoModelForCausalLM.from_pretrained(result.path)
     tokenizer = AutoTokenizer.from_pretrained(result.path)
-    prompt = tokenizer.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True,
-                                           tokenize=False)  # fmt: skip
+    prompt = tokenizer.apply_chat_template(
+        rows[0]["prompt"], add_generation_prompt=True, tokenize=False
+    )
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -189,17 +203,23 @@ def test_shard_already_trained_is_not_trained_again(
 def test_training_killed_with_sigkill_resumes_from_last_saved_step(tmp_path: Path) -> None:
     shard = write_jsonl(math_rows(16), tmp_path / "shard.jsonl")
     job = TrainJob(
-        shard_id="r:joint", files=[shard.path], output_dir=tmp_path / "out",
+        shard_id="r:joint",
+        files=[shard.path],
+        output_dir=tmp_path / "out",
         model=resolve_model("embedded", InferenceConfig()),
         settings=tiny(max_steps=4, save_steps=1, lora=True, lora_r=8, lora_alpha=16),
-    )  # fmt: skip
+    )
     job_file = tmp_path / "job.json"
     job_file.write_text(job.model_dump_json())
     steps_dir = job.output_dir / "steps"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     with (tmp_path / "child.log").open("w") as log:
-        child = subprocess.Popen([sys.executable, "-m", "trainer_svc.train", str(job_file)],
-                                 stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        child = subprocess.Popen(
+            [sys.executable, "-m", "trainer_svc.train", str(job_file)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         deadline = time.monotonic() + TIMEOUT_S
         while not (steps_dir / "checkpoint-1" / "trainer_state.json").is_file():
             log_text = (tmp_path / "child.log").read_text
@@ -214,7 +234,7 @@ def test_training_killed_with_sigkill_resumes_from_last_saved_step(tmp_path: Pat
     saved_step = int(killed_at.name.split("-")[1])
     assert 1 <= saved_step < 4, "killed before training finished"
 
-    result = main(job)
+    result = train(job)
     assert result.resumed_from_step == saved_step
     assert result.steps_this_run == 4 - saved_step, "resumed, not restarted from step 0"
     assert result.global_step == 4
@@ -284,9 +304,14 @@ def test_bad_shard_goes_to_dlq_and_database_and_service_goes_on(
     sessions = make_sessionmaker(make_engine(pg_url))
     publisher = Publisher(common)
     stats = TrainerStats()
-    consumer = Consumer(common, TRAINING_SHARDS, f"trainer-{run}", ShardManifest,
-                        lambda m: handle_manifest(m, settings, sessions, publisher.publish, stats),
-                        publisher)  # fmt: skip
+    consumer = Consumer(
+        common,
+        TRAINING_SHARDS,
+        f"trainer-{run}",
+        ShardManifest,
+        lambda m: handle_manifest(m, settings, sessions, publisher.publish, stats),
+        publisher,
+    )
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
     try:
@@ -303,8 +328,14 @@ def test_bad_shard_goes_to_dlq_and_database_and_service_goes_on(
     assert ready[0].checkpoint_id == checkpoint_id(good) and ready[0].path == result.path
     assert ready[0].stage == "M2"
     with sessions() as session:
-        rows = {r.id: r for r in session.scalars(select(CheckpointRow).where(
-            CheckpointRow.id.in_([checkpoint_id(bad), checkpoint_id(good)])))}  # fmt: skip
+        rows = {
+            r.id: r
+            for r in session.scalars(
+                select(CheckpointRow).where(
+                    CheckpointRow.id.in_([checkpoint_id(bad), checkpoint_id(good)])
+                )
+            )
+        }
     failed, done = rows[checkpoint_id(bad)], rows[checkpoint_id(good)]
     assert failed.status == "failed" and "bad.jsonl" in failed.error and "sha256" in failed.error
     assert done.status == "ready" and done.path == result.path and done.shard_id == good.shard_id
@@ -313,8 +344,9 @@ def test_bad_shard_goes_to_dlq_and_database_and_service_goes_on(
 
 
 def read_topic(common: CommonSettings, topic: str, model: type, expected: int) -> list[Any]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=common.kafka_bootstrap,
-                             auto_offset_reset="earliest", group_id=None)  # fmt: skip
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=common.kafka_bootstrap, auto_offset_reset="earliest", group_id=None
+    )
     found: list[Any] = []
     deadline = time.monotonic() + TIMEOUT_S
     try:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from shared.bus import Consumer
-from shared.hardware import resolve_dtype, set_threads
-from shared.messages import TRAINING_SHARDS, ShardManifest
-from shared.service import run_service, setup
-from shared.settings import load_settings
+from shared.core.bus import Consumer
+from shared.core.messages import TRAINING_SHARDS, ShardManifest
+from shared.core.service import run_service, setup
+from shared.core.settings import load_settings
+from shared.inference.hardware import resolve_dtype, set_threads
 from trainer_svc.handler import TrainerStats, handle_manifest
 from trainer_svc.train import use_bf16
 
@@ -32,7 +32,13 @@ def main() -> None:
     def handle(manifest: ShardManifest) -> None:
         handle_manifest(manifest, settings, sessions, publisher.publish, stats)
 
-    consumer = Consumer(settings.common, TRAINING_SHARDS, "trainer", ShardManifest, handle,
-                        publisher)  # fmt: skip
-    run_service("trainer-svc", settings, settings.trainer.port, engine, publisher, [consumer],
-                lambda: {**stats.as_dict(), "precision": precision})  # fmt: skip
+    consumer = Consumer.subscribe(settings.common, "trainer", TRAINING_SHARDS, handle, publisher)
+    run_service(
+        "trainer-svc",
+        settings,
+        settings.trainer.port,
+        engine,
+        publisher,
+        [consumer],
+        lambda: {**stats.as_dict(), "precision": precision},
+    )

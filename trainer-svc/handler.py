@@ -32,13 +32,13 @@ from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import shards
-from shared.bus import RETRYABLE, PermanentError
-from shared.db import CheckpointRow, insert_ignore
-from shared.messages import CHECKPOINTS, CheckpointReady, Message, ShardFile, ShardManifest
-from shared.model import resolve_model
-from shared.settings import Settings, TrainerSettings
-from trainer_svc.train import PROGRESS, ShardSample, TrainJob, TrainResult, main, read_done
+from shared.core import shards
+from shared.core.bus import RETRYABLE, PermanentError
+from shared.core.db import CheckpointRow, insert_ignore
+from shared.core.messages import CHECKPOINTS, CheckpointReady, Message, ShardFile, ShardManifest
+from shared.core.settings import Settings, TrainerSettings
+from shared.inference.model import resolve_model
+from trainer_svc.train import PROGRESS, TrainJob, TrainResult, read_done, train
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def check_shard(files: list[ShardFile]) -> None:
         with open(file.path, encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
                 try:
-                    ShardSample.model_validate_json(line)
+                    shards.ShardSample.model_validate_json(line)
                 except ValidationError as error:
                     raise PermanentError(f"{file.path}:{number}: {_describe(error)}") from error
 
@@ -131,10 +131,19 @@ def train_shard(
         # the next stage starts from the unchanged model rather than the pipeline stopping here.
         log.warning("shard %s has no rows: the checkpoint is the base model", manifest.shard_id)
         return TrainResult(
-            shard_id=manifest.shard_id, path=model, adapter=False, base_model=model,
-            global_step=0, resumed_from_step=0, steps_this_run=0, train_loss=0.0, tokens=0,
-            tokens_per_s=0.0, train_seconds=0.0, config={"skipped": "empty shard"},
-        )  # fmt: skip
+            shard_id=manifest.shard_id,
+            path=model,
+            adapter=False,
+            base_model=model,
+            global_step=0,
+            resumed_from_step=0,
+            steps_this_run=0,
+            train_loss=0.0,
+            tokens=0,
+            tokens_per_s=0.0,
+            train_seconds=0.0,
+            config={"skipped": "empty shard"},
+        )
     job = TrainJob(
         shard_id=manifest.shard_id,
         files=[f.path for f in manifest.files],
@@ -144,7 +153,7 @@ def train_shard(
     )
     if settings.trainer.num_gpus > 1:
         return launch_accelerate(job, settings.trainer, report)
-    return main(job, report)
+    return train(job, report)
 
 
 def launch_accelerate(
@@ -155,11 +164,17 @@ def launch_accelerate(
     job_file = job.output_dir / "job.json"
     job_file.write_text(job.model_dump_json())
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(settings.accelerate_config),
-        "--num_processes", str(settings.num_gpus),
-        "-m", "trainer_svc.train", str(job_file),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(settings.accelerate_config),
+        "--num_processes",
+        str(settings.num_gpus),
+        "-m",
+        "trainer_svc.train",
+        str(job_file),
+    ]
     child = subprocess.Popen(command)
     while child.poll() is None:
         time.sleep(2)
@@ -182,11 +197,23 @@ def handle_manifest(
     """Train one shard; record the checkpoint (training -> ready or failed) and publish it."""
     ckpt_id = checkpoint_id(manifest)
     with sessions.begin() as session:
-        insert_ignore(session, CheckpointRow, [dict(
-            id=ckpt_id, run_id=manifest.run_id, stage=checkpoint_stage(manifest), path="",
-            parent_id=manifest.parent_checkpoint_id, shard_id=manifest.shard_id,
-            status="training", error="", training_config={},
-        )])  # fmt: skip
+        insert_ignore(
+            session,
+            CheckpointRow,
+            [
+                dict(
+                    id=ckpt_id,
+                    run_id=manifest.run_id,
+                    stage=checkpoint_stage(manifest),
+                    path="",
+                    parent_id=manifest.parent_checkpoint_id,
+                    shard_id=manifest.shard_id,
+                    status="training",
+                    error="",
+                    training_config={},
+                )
+            ],
+        )
     already_done = read_done(output_dir(settings.common.data_dir, manifest)) is not None
     stats.current = {"shard_id": manifest.shard_id, "checkpoint_id": ckpt_id}
     try:
@@ -215,8 +242,14 @@ def handle_manifest(
     else:
         stats.trained += 1
     TRAIN_JOBS.labels("skipped" if already_done else "trained").inc()
-    publish(CHECKPOINTS, CheckpointReady(
-        run_id=manifest.run_id, checkpoint_id=ckpt_id, stage=checkpoint_stage(manifest),
-        path=result.path, parent_checkpoint_id=manifest.parent_checkpoint_id,
-        shard_id=manifest.shard_id,
-    ))  # fmt: skip
+    publish(
+        CHECKPOINTS,
+        CheckpointReady(
+            run_id=manifest.run_id,
+            checkpoint_id=ckpt_id,
+            stage=checkpoint_stage(manifest),
+            path=result.path,
+            parent_checkpoint_id=manifest.parent_checkpoint_id,
+            shard_id=manifest.shard_id,
+        ),
+    )

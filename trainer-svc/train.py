@@ -1,22 +1,7 @@
 """Supervised fine-tuning of one shard with TRL's SFTTrainer: full weights or a LoRA adapter.
 
-Shard format (the sampler writes it, this module reads it)
------------------------------------------------------------
-A shard is one or more JSON Lines files (UTF-8, one JSON object per line, no blank lines). Each
-row is one training sample in TRL's *conversational prompt-completion* format, plus provenance::
-
-    {"prompt": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}],
-     "completion": [{"role": "assistant", "content": "..."}],
-     "source": "multi-turn" | "rejection",
-     "run_id": "...", "problem_id": "...", "sample_id": "..."}
-
-- ``prompt``: one or more messages with role ``system`` or ``user`` (the source marker, when
-  rendered as a system prompt, is already in it).
-- ``completion``: one or more ``assistant`` messages; the loss is computed on these only.
-- ``source``, ``run_id``, ``problem_id``, ``sample_id``: provenance; removed before training.
-- Other keys are allowed and ignored. ``ShardSample`` below is the schema.
-
-The files are loaded with ``datasets.load_dataset("json", data_files=...)``.
+The shard format is ``shared.core.shards.ShardSample`` (the sampler writes it, this module
+reads it).
 
 Resume
 ------
@@ -38,12 +23,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from datasets import Dataset, load_dataset
 from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -55,31 +40,11 @@ from transformers import (
 )
 from trl import SFTConfig, SFTTrainer
 
-from shared.hardware import resolve_dtype
-from shared.settings import TrainerSettings
+from shared.core.settings import TrainerSettings
+from shared.inference.hardware import resolve_dtype
 
 DONE = "DONE"
 PROGRESS = "progress.json"
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class ShardSample(BaseModel):
-    """One line of a shard file (see the module docstring)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: list[ChatMessage] = Field(min_length=1)
-    completion: list[ChatMessage] = Field(min_length=1)
-    source: Literal["multi-turn", "rejection"]
-    run_id: str
-    problem_id: str
-    sample_id: str
 
 
 class TrainJob(BaseModel):
@@ -245,7 +210,7 @@ class ProgressCallback(TrainerCallback):
             )
 
 
-def main(job: TrainJob, report: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def train(job: TrainJob, report: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train one shard (or return its earlier result), save the model, write DONE."""
     if done := read_done(job.output_dir):
         return done
@@ -321,4 +286,4 @@ def write_progress(output_dir: Path) -> Callable[[dict[str, Any]], None]:
 
 if __name__ == "__main__":
     train_job = TrainJob.model_validate_json(Path(sys.argv[1]).read_text())
-    main(train_job, write_progress(train_job.output_dir))
+    train(train_job, write_progress(train_job.output_dir))

@@ -5,23 +5,13 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from shared.bus import Consumer
-from shared.db import RuleCount, VerdictRow, insert_ignore
-from shared.grading import Grader
-from shared.messages import DIALOGUES, VERIFIED_SAMPLES, Dialogue, VerifiedSamples
-from shared.service import run_service, setup
-from shared.settings import VerifierSettings, load_settings
+from shared.core.bus import Consumer
+from shared.core.db import RuleCount, insert_ignore, insert_verdicts
+from shared.core.messages import DIALOGUES, VERIFIED_SAMPLES, Dialogue, VerifiedSamples
+from shared.core.service import run_service, setup
+from shared.core.settings import VerifierSettings, load_settings
+from shared.method.grading import Grader
 from verifier_svc.handler import rule_tally, verify_dialogue
-
-
-def verdict_rows(out: VerifiedSamples) -> list[dict]:
-    return [
-        dict(run_id=out.run_id, problem_id=out.problem_id, sample_id=v.sample_id, phase=out.phase,
-             round=out.round, category=v.category, initial_correct=v.initial_correct,
-             final_correct=v.final_correct, accepted=v.accepted, failed_rules=v.failed_rules,
-             extracted=v.extracted)
-        for v in out.verdicts
-    ]  # fmt: skip
 
 
 def main() -> None:
@@ -35,7 +25,7 @@ def main() -> None:
         with sessions.begin() as session:
             # All verdicts of a message are written in one transaction: either all are new, or
             # this is a redelivery and the rule counts were already added.
-            if insert_ignore(session, VerdictRow, verdict_rows(out)) == len(out.verdicts):
+            if insert_verdicts(session, out) == len(out.verdicts):
                 _add_rule_counts(session, out, settings.verifier)
             else:
                 counts["redelivered"] += 1
@@ -43,10 +33,17 @@ def main() -> None:
         counts["verdicts"] += len(out.verdicts)
         counts["accepted"] += sum(v.accepted for v in out.verdicts)
 
-    consumer = Consumer(settings.common, DIALOGUES, "verifier", Dialogue, handle, publisher)
+    consumer = Consumer.subscribe(settings.common, "verifier", DIALOGUES, handle, publisher)
     try:
-        run_service("verifier-svc", settings, settings.verifier.port, engine, publisher, [consumer],
-                    lambda: dict(counts))  # fmt: skip
+        run_service(
+            "verifier-svc",
+            settings,
+            settings.verifier.port,
+            engine,
+            publisher,
+            [consumer],
+            lambda: dict(counts),
+        )
     finally:
         grader.close()
 

@@ -10,10 +10,10 @@ A sample is accepted when its final answer is right and every rule of its phase 
 
 from __future__ import annotations
 
-from shared.grading import Grader
-from shared.messages import Dialogue, Generation, Verdict, VerifiedSamples
-from shared.rules import PHASE1_RULES, PHASE2_RULES, apply_rules
-from shared.settings import VerifierSettings
+from shared.core.messages import Dialogue, Generation, Verdict, VerifiedSamples
+from shared.core.settings import VerifierSettings
+from shared.method.grading import Grader
+from verifier_svc.rules import PHASE1_RULES, PHASE2_RULES, apply_rules
 
 
 def _letter(correct: bool) -> str:

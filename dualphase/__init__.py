@@ -1,0 +1,2 @@
+"""The operator layer: the `dualphase` command line, the embedded stack, the local broker,
+reports."""

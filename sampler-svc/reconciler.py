@@ -1,0 +1,217 @@
+"""The reconciler: work that was published but never finished is found in the database and
+published again, so nothing is lost (a broker that lost its messages, a crash between a write
+and a publish). It runs in sampler-svc: once at start-up, then every ``reconcile_interval_s``.
+
+One pass:
+
+1. ``ensure_topics``: a restarted in-memory broker has none.
+2. Every run that is not complete or cancelled: marked ``complete`` once every stage is done;
+   otherwise its unfinished work is collected: phase-1 jobs and dialogues
+   (``runs.unfinished_phase1``), the sampler's shards, manifests and phase-2 jobs (the same
+   functions its handlers use), and ready checkpoints whose phase 2 never started or whose
+   evaluation is missing.
+3. What is due is published. At start-up everything is due. Later, a message is due when it has
+   been unfinished for an interval while the consumers of its stage were idle (every message on
+   their topics consumed and committed). Every service commits its input only after publishing
+   its output, so idle consumers plus unfinished work means the work was lost; work that is
+   merely queued or in hand is never published twice. Consumers are idempotent anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from prometheus_client import Counter as MetricCounter
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from sampler_svc.rounds import pending_jobs
+from sampler_svc.sealing import seal_phase1, seal_phase2
+from shared.core.bus import Publisher, ensure_topics, topic_name
+from shared.core.db import AttemptCount, CheckpointRow, EvalResult, Problem, Run
+from shared.core.messages import (
+    ALL_TOPICS,
+    CHECKPOINTS,
+    DIALOGUES,
+    PROBLEMS,
+    TOPIC_OF,
+    TRAINING_SHARDS,
+    VERIFIED_SAMPLES,
+    CheckpointReady,
+    Dialogue,
+    Message,
+    ProblemJob,
+    ShardManifest,
+    consumer_groups,
+)
+from shared.core.runs import is_complete, run_progress, unfinished_phase1
+from shared.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPUBLISHED = MetricCounter(
+    "dualphase_reconciler_republished", "Messages the reconciler published again.", ["kind"]
+)
+PASSES = MetricCounter("dualphase_reconciler_passes", "Reconciler passes, by outcome.", ["outcome"])
+
+# The topics each stage's work travels through until it is in the database; their consumer
+# groups come from the bus's table (``messages.SUBSCRIPTIONS``).
+STAGES = {
+    "work": [PROBLEMS, DIALOGUES, VERIFIED_SAMPLES],
+    "train": [TRAINING_SHARDS],
+    "eval": [CHECKPOINTS],
+}
+# Which stage's consumers must be idle before a message of each type is published again.
+STAGE_OF: dict[type[Message], str] = {
+    ProblemJob: "work",
+    Dialogue: "work",
+    ShardManifest: "train",
+    CheckpointReady: "eval",
+}
+
+
+class Reconciler:
+    """Runs the passes and remembers since when each unfinished message has been waiting."""
+
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], publisher: Publisher
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.publisher = publisher
+        self.waiting: dict[str, float] = {}  # message -> monotonic time it was first seen
+        self.stats = {"passes": 0, "failed_passes": 0, "republished": 0, "completed_runs": 0}
+
+    def run(self, stop: threading.Event) -> None:
+        """A forced pass now, then a pass every interval until ``stop`` is set."""
+        force = True
+        while True:
+            try:
+                self.reconcile(force)
+                force = False
+                PASSES.labels("ok").inc()
+            except Exception:  # database or broker down: the next pass tries again
+                log.exception("reconciler pass failed; next one in %.0f s", self.interval)
+                self.stats["failed_passes"] += 1
+                PASSES.labels("failed").inc()
+            if stop.wait(self.interval):
+                return
+
+    @property
+    def interval(self) -> float:
+        return self.settings.common.reconcile_interval_s
+
+    def reconcile(self, force: bool = False) -> dict[str, int]:
+        """One pass; returns how many messages of each kind were published again."""
+        ensure_topics(self.settings.common, ALL_TOPICS)
+        # Idleness first, the database second: if a stage is idle now, nothing in flight can
+        # change what the database says about it next.
+        idle = {stage for stage, topics in STAGES.items() if self._idle(topics)}
+        with self.sessions() as session:
+            runs = session.scalars(select(Run.id).where(Run.status == "running")).all()
+        unfinished = [m for run_id in runs for m in self._unfinished(run_id)]
+        now = time.monotonic()
+        waiting = {_key(m): self.waiting.get(_key(m), now) for m in unfinished}
+        due = [
+            m
+            for m in unfinished
+            if force or (STAGE_OF[type(m)] in idle and now - waiting[_key(m)] >= self.interval)
+        ]
+        for message in due:
+            self.publisher.publish(TOPIC_OF[type(message)], message)
+            waiting[_key(message)] = now  # and wait another interval before the next copy
+        self.waiting = waiting
+        counts = Counter(type(m).__name__ for m in due)
+        for kind, n in counts.items():
+            REPUBLISHED.labels(kind).inc(n)
+        self.stats["passes"] += 1
+        self.stats["republished"] += len(due)
+        if due:
+            log.info("reconciler re-published %s (idle stages: %s)", dict(counts), sorted(idle))
+        return dict(counts)
+
+    def _unfinished(self, run_id: str) -> list[Message]:
+        """Every message still owed to this run; marks the run complete when none is."""
+        if is_complete(run_progress(self.sessions, run_id)):
+            with self.sessions.begin() as session:
+                run = session.get_one(Run, run_id, with_for_update=True)
+                if run.status == "running":  # not cancelled in the meantime
+                    run.status = "complete"
+            self.stats["completed_runs"] += 1
+            log.info("run %s complete", run_id)
+            return []
+        jobs, dialogues = unfinished_phase1(self.settings, self.sessions, run_id)
+        with self.sessions.begin() as session:  # the seals may write a shard
+            sampler = (
+                seal_phase1(session, run_id, self.settings, again=True)
+                + pending_jobs(session, run_id, self.settings)
+                + seal_phase2(session, run_id, self.settings, again=True)
+            )
+            checkpoints = self._stalled_checkpoints(session, run_id)
+        return [*jobs, *dialogues, *sampler, *checkpoints]
+
+    def _stalled_checkpoints(self, session: Session, run_id: str) -> list[Message]:
+        """Ready checkpoints whose announcement did not arrive: an M1 without phase 2 started,
+        or any checkpoint without all its evaluation results."""
+        phase2 = session.scalar(
+            select(func.count()).where(Problem.run_id == run_id, Problem.phase == 2)
+        )
+        started = session.scalar(select(func.count()).where(AttemptCount.run_id == run_id))
+        evaluated = dict(
+            session.execute(
+                select(EvalResult.checkpoint_id, func.count())
+                .where(EvalResult.run_id == run_id)
+                .group_by(EvalResult.checkpoint_id)
+            ).all()
+        )
+        expected = len(self.settings.eval.benchmarks) * len(self.settings.eval.modes)
+        rows = session.scalars(
+            select(CheckpointRow)
+            .where(CheckpointRow.run_id == run_id, CheckpointRow.status == "ready")
+            .order_by(CheckpointRow.id)
+        ).all()
+        return [
+            CheckpointReady(
+                run_id=run_id,
+                checkpoint_id=row.id,
+                stage=row.stage,  # type: ignore[arg-type]
+                path=row.path,
+                parent_checkpoint_id=row.parent_id,
+                shard_id=row.shard_id,
+            )
+            for row in rows
+            if (row.stage == "M1" and phase2 and not started) or evaluated.get(row.id, 0) < expected
+        ]
+
+    def _idle(self, topics: list[str]) -> bool:
+        """Whether each group has committed everything on its topic (nothing queued or in hand)."""
+        common = self.settings.common
+        admin = KafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
+        probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap)
+        try:
+            for base, group in [(t, g) for t in topics for g in consumer_groups(t)]:
+                topic = topic_name(common, base)
+                partitions = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic)]
+                ends = probe.end_offsets(partitions)
+                group_id = common.topic_prefix + group
+                committed = admin.list_group_offsets(group_id).get(group_id, {})
+                for tp in partitions:
+                    done = committed[tp].offset if tp in committed else 0
+                    if ends[tp] > done:
+                        return False
+            return True
+        finally:
+            probe.close()
+            admin.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"reconciler": {**self.stats, "waiting": len(self.waiting)}}
+
+
+def _key(message: Message) -> str:
+    return f"{type(message).__name__}:{message.model_dump_json()}"

@@ -1,0 +1,2 @@
+"""The common infrastructure: settings, messages, bus, database, runs, shards, the service
+skeleton."""

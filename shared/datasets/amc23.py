@@ -1,0 +1,16 @@
+"""AMC 2023: answers stored as floats such as 27.0."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.datasets.rows import BenchmarkProblem, field, format_number
+
+
+def parse(row: dict[str, Any], index: int) -> BenchmarkProblem:
+    return BenchmarkProblem(
+        id=str(row.get("id", index)),
+        question=field(row, "problem"),
+        gold=format_number(field(row, "answer")),
+        dataset="amc23",
+    )

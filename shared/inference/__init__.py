@@ -1,0 +1,188 @@
+"""Batched chat generation: one interface, three backends.
+
+``load_backend(cfg)`` returns a backend whose ``chat`` takes many conversations and one set of
+sampling parameters and returns, per conversation, ``params.n`` completions plus the identity of
+the model that wrote them. Sample ``i`` of every conversation is seeded with ``params.seed + i``.
+
+- ``transformers`` (here): in-process, CPU or GPU, static batches with left padding.
+- ``vllm`` (``shared/inference/vllm.py``): in-process vLLM engine, imported only when chosen.
+- ``openai`` (``shared/inference/openai.py``): any OpenAI-compatible chat endpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from shared.core.messages import SamplingParams
+from shared.core.settings import InferenceConfig
+from shared.inference.model import model_identity, resolve_model
+
+if TYPE_CHECKING:
+    import torch
+
+Conversation = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int  # generated tokens
+    finish_reason: str  # "stop" | "length"
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    completions: list[Completion]  # n completions for one conversation, sample i seeded seed + i
+    model_id: str  # path or id plus revision or weight-file hash
+
+
+class Backend(Protocol):
+    model_id: str
+
+    def chat(
+        self, conversations: list[Conversation], params: SamplingParams
+    ) -> list[ChatResult]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+def load_backend(cfg: InferenceConfig, model: str | None = None) -> Backend:
+    """The configured backend for ``model`` (default ``cfg.model``, e.g. a checkpoint path)."""
+    name = resolve_model(model or cfg.model, cfg)
+    if cfg.backend == "transformers":
+        return TransformersBackend(name, cfg)
+    if cfg.backend == "vllm":
+        from shared.inference.vllm import VLLMBackend
+
+        return VLLMBackend(name, cfg)
+    from shared.inference.openai import OpenAIBackend
+
+    return OpenAIBackend(name, cfg)
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` up to the first stop string (excluded, as OpenAI does), and whether one occurred."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class SeededSampler:
+    """A logits processor that draws each row's next token with that row's own generator.
+
+    ``generate`` shares one random stream across a batch, so a sample would depend on which other
+    rows it was batched with. Here row r draws with a generator seeded ``seeds[r]``; the returned
+    logits leave only the drawn token finite, so ``generate``'s greedy step picks exactly it.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: str) -> None:
+        import torch
+
+        self.generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
+            sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= self.top_p] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        drawn = torch.cat(
+            [
+                torch.multinomial(p, 1, generator=g)
+                for p, g in zip(probs, self.generators, strict=True)
+            ]
+        )
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(1, drawn[:, None], 0.0)
+
+
+class TransformersBackend:
+    """In-process transformers: rows sorted by prompt length, one ``generate`` call per batch."""
+
+    def __init__(self, model: str, cfg: InferenceConfig) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from shared.inference.hardware import resolve_dtype, set_threads
+
+        set_threads(cfg.threads)
+        self.dtype = resolve_dtype(cfg.dtype, cfg.device)
+        self.device = self.dtype.device
+        self.batch_size = cfg.batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.tokenizer.padding_side = "left"  # generation continues at the right end of each row
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype.torch_dtype)
+        self.model.to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        self.eos_ids.discard(None)
+        revision = getattr(self.model.config, "_commit_hash", None)
+        self.model_id = model_identity(model) + (f"@{revision}" if revision else "")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def chat(self, conversations: list[Conversation], params: SamplingParams) -> list[ChatResult]:
+        prompts = [self._prompt_ids(c) for c in conversations]
+        # One row per (conversation, sample); similar lengths share a batch to waste less padding.
+        rows = sorted(
+            ((c, i) for c in range(len(conversations)) for i in range(params.n)),
+            key=lambda row: len(prompts[row[0]]),
+        )
+        done: dict[tuple[int, int], Completion] = {}
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            seeds = [params.seed + i for _, i in batch]
+            outputs = self._generate([prompts[c] for c, _ in batch], seeds, params)
+            done.update(zip(batch, outputs, strict=True))
+        return [
+            ChatResult([done[c, i] for i in range(params.n)], self.model_id)
+            for c in range(len(conversations))
+        ]
+
+    def _prompt_ids(self, conversation: Conversation) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+        # The chat template already wrote the special tokens.
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _generate(
+        self, prompts: list[list[int]], seeds: list[int], params: SamplingParams
+    ) -> list[Completion]:
+        import torch
+
+        enc = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(self.device)
+        processors = []
+        if params.temperature > 0:  # temperature 0 is greedy
+            processors.append(SeededSampler(seeds, params.temperature, params.top_p, self.device))
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc,
+                do_sample=False,  # sampling happens in SeededSampler
+                max_new_tokens=params.max_new_tokens,
+                logits_processor=processors,
+                stop_strings=params.stop or None,
+                tokenizer=self.tokenizer,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=sorted(self.eos_ids),
+            )
+        new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
+        return [self._completion(ids, params.stop) for ids in new_tokens]
+
+    def _completion(self, ids: list[int], stop: list[str]) -> Completion:
+        # A finished row is filled with padding; it ends at its first end-of-sequence or pad token
+        # (the end-of-sequence token counts as generated, the padding does not).
+        ends = self.eos_ids | {self.tokenizer.pad_token_id}
+        end = next((k for k, t in enumerate(ids) if t in ends), None)
+        tokens = len(ids) if end is None else end + (ids[end] in self.eos_ids)
+        text = self.tokenizer.decode(ids[:tokens], skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, stop)
+        finish = "stop" if end is not None or stopped else "length"
+        return Completion(text=text, tokens=tokens, finish_reason=finish)

@@ -1,0 +1,131 @@
+"""What the hardware decides: torch threads, the device, and the dtype (bfloat16 only where native).
+
+``inference.dtype: auto`` and ``trainer.bf16: auto`` both resolve here. On a GPU, bfloat16 where
+the device supports it. On a CPU, bfloat16 only where the CPU reports AMX or AVX512-BF16 (as
+torch's cpuinfo sees it) *and* a short matmul probe in this process finds bfloat16 at least as
+fast as float32. The probe is what catches a CPU whose bfloat16 kernels are emulated: an AVX2-only
+CPU, or one whose kernels are restricted (``ONEDNN_MAX_CPU_ISA=AVX2``), runs bfloat16 matmuls
+about 50 times slower than float32, and a CPU with AVX512-BF16 but no AMX was measured at 0.74x
+(docs/benchmarks.md), so neither gains from bfloat16. The margins either side are wide, so the
+probe's noise does not flip the choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from functools import cache
+
+import torch
+
+from shared.core.settings import InferenceConfig
+
+log = logging.getLogger(__name__)
+
+# A decoder's MLP projection at a modest batch: the shape generation spends its matmuls on.
+PROBE_SHAPE = (64, 576, 1536)
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    dtype: str  # "float32" | "bfloat16" | "float16" (an explicit setting may name any)
+    device: str  # "cpu" | "cuda"
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+@dataclass(frozen=True)
+class CpuBf16:
+    """What decides bfloat16 on a CPU: the ISA flags and the probe's two rates."""
+
+    amx: bool
+    avx512_bf16: bool
+    fp32_gflops: float
+    bf16_gflops: float
+
+    def native(self) -> bool:
+        return (self.amx or self.avx512_bf16) and self.bf16_gflops >= self.fp32_gflops
+
+    def describe(self) -> str:
+        isa = (("AMX", self.amx), ("AVX512-BF16", self.avx512_bf16))
+        flags = ", ".join(name for name, present in isa if present)
+        return (
+            f"CPU bfloat16 ISA: {flags or 'none'} (torch capability "
+            f"{torch.backends.cpu.get_cpu_capability()}); matmul probe bfloat16 "
+            f"{self.bf16_gflops:.1f} vs float32 {self.fp32_gflops:.1f} GFLOP/s "
+            f"({self.bf16_gflops / self.fp32_gflops:.2f}x)"
+        )
+
+
+def matmul_gflops(dtype: torch.dtype, shape: tuple[int, int, int] = PROBE_SHAPE) -> float:
+    """Best of a few timed matmuls of ``shape`` in ``dtype``, on the threads torch uses."""
+    m, k, n = shape
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    a @ b  # the first call picks and JITs the kernel
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best / 1e9
+
+
+def probe_cpu() -> CpuBf16:
+    """The CPU's bfloat16 flags and measured rates (about 0.05 s; 0.5 s where bf16 is emulated)."""
+    return CpuBf16(
+        amx=torch.cpu._is_amx_tile_supported(),
+        avx512_bf16=torch.cpu._is_avx512_bf16_supported(),
+        fp32_gflops=matmul_gflops(torch.float32),
+        bf16_gflops=matmul_gflops(torch.bfloat16),
+    )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is cuda where a GPU is usable, else cpu."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@cache
+def resolve_dtype(dtype: str, device: str = "auto") -> DtypeChoice:
+    """The dtype to load weights in (or train in) for the ``dtype`` setting on ``device``."""
+    device = resolve_device(device)
+    if dtype != "auto":
+        return DtypeChoice(dtype, device, "set explicitly")
+    if device.startswith("cuda"):
+        if torch.cuda.is_bf16_supported():
+            return DtypeChoice("bfloat16", device, "the GPU supports bfloat16")
+        return DtypeChoice("float32", device, "the GPU does not support bfloat16")
+    return choose_cpu(probe_cpu())
+
+
+def choose_cpu(cpu: CpuBf16) -> DtypeChoice:
+    """bfloat16 where the CPU runs it natively and no slower than float32, else float32."""
+    if cpu.native():
+        return DtypeChoice("bfloat16", "cpu", f"native: {cpu.describe()}")
+    return DtypeChoice("float32", "cpu", f"bfloat16 not faster here: {cpu.describe()}")
+
+
+def set_threads(threads: int) -> None:
+    """torch's default counts the host's cores; 0 here means the cores this process may use.
+    On a machine shared with other busy processes, fewer threads are much faster."""
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
+def inference_dtype(cfg: InferenceConfig) -> dict[str, str]:
+    """Resolve (and log) the dtype an in-process backend will load the model in, for /status."""
+    if cfg.backend == "openai":
+        return {"dtype": "chosen by the model server", "device": "server", "reason": "openai"}
+    set_threads(cfg.threads)
+    choice = resolve_dtype(cfg.dtype, cfg.device)
+    log.info("inference dtype %s on %s: %s", choice.dtype, choice.device, choice.reason)
+    return choice.as_dict()

@@ -1,0 +1,2 @@
+"""The paper's pieces that several services share: grading, prompts, markers, evaluation,
+statistics."""
