@@ -59,6 +59,7 @@ def run_dialogues(
     convs = [question_conversation(prompts, job.question) for job in jobs]
     turns: list[list[str]] = [[] for _ in jobs]
     tokens: list[list[int]] = [[] for _ in jobs]
+    finish: list[list[str]] = [[] for _ in jobs]
     follow_ups = [None, prompts.review, prompts.rewrite]
     for turn, follow_up in enumerate(follow_ups):
         if follow_up is not None:
@@ -71,10 +72,15 @@ def run_dialogues(
                 convs[i].append({"role": "assistant", "content": completion.text})
                 turns[i].append(completion.text)
                 tokens[i].append(completion.tokens)
+                finish[i].append(completion.finish_reason)
     return [
         [
             Generation(
-                sample_id=f"{job.job_id}:0", turns=turns[i], tokens=tokens[i], seed=job.params.seed
+                sample_id=f"{job.job_id}:0",
+                turns=turns[i],
+                tokens=tokens[i],
+                finish_reasons=finish[i],
+                seed=job.params.seed,
             )
         ]
         for i, job in enumerate(jobs)
@@ -94,6 +100,7 @@ def run_samples(
                     sample_id=f"{jobs[i].job_id}:{k}",
                     turns=[c.text],
                     tokens=[c.tokens],
+                    finish_reasons=[c.finish_reason],
                     seed=params.seed + k,
                 )
                 for k, c in enumerate(result.completions)
@@ -174,6 +181,7 @@ def _rows(job: ProblemJob, gens: list[Generation], model_id: str, version: str) 
             round=job.round,
             turns=g.turns,
             tokens=g.tokens,
+            finish_reasons=g.finish_reasons,
             model=model_id,
             prompt_version=version,
             params=job.params.model_dump(),

@@ -9,10 +9,12 @@ from shared.core.settings import VerifierSettings
 from verifier_svc.rules import (
     apply_rules,
     boxed_answer,
+    explicit_answer,
     has_checking_steps,
     length,
     no_language_mixing,
     no_repetition,
+    not_truncated,
 )
 
 GOOD = (
@@ -24,9 +26,9 @@ GOOD = (
 
 
 def test_a_good_long_cot_passes_every_rule() -> None:
-    results = apply_rules(GOOD, 80, VerifierSettings(), phase=1)
+    results = apply_rules(GOOD, 80, "stop", VerifierSettings(), phase=1)
     assert [r.rule for r in results if not r.passed] == []
-    assert len(results) == 5
+    assert len(results) == 7
 
 
 def test_boxed_answer_rule() -> None:
@@ -71,7 +73,7 @@ def test_phase2_skips_the_checking_rule_and_outcomes_are_counted() -> None:
         return value or 0.0
 
     before = count("boxed_answer", "fail"), count("length", "pass")
-    results = apply_rules("plain 5", 20, VerifierSettings(), phase=2)
+    results = apply_rules("plain 5", 20, "stop", VerifierSettings(), phase=2)
     assert "has_checking_steps" not in [r.rule for r in results]
     assert count("boxed_answer", "fail") == before[0] + 1
     assert count("length", "pass") == before[1] + 1
@@ -80,7 +82,28 @@ def test_phase2_skips_the_checking_rule_and_outcomes_are_counted() -> None:
 def test_disabled_rules_are_not_applied() -> None:
     unboxed = GOOD.replace("\\boxed{5}", "5")
     settings = VerifierSettings(disabled_rules=["boxed_answer"])
-    results = apply_rules(unboxed, 80, settings, phase=1)
+    results = apply_rules(unboxed, 80, "stop", settings, phase=1)
     assert "boxed_answer" not in [r.rule for r in results]
     assert all(r.passed for r in results)
-    assert not apply_rules(unboxed, 80, VerifierSettings(), phase=1)[0].passed
+    default = apply_rules(unboxed, 80, "stop", VerifierSettings(), phase=1)
+    assert [r.rule for r in default if not r.passed] == ["boxed_answer"]
+
+
+def test_a_sample_cut_at_the_token_limit_is_rejected_by_name() -> None:
+    results = apply_rules(GOOD, 80, "length", VerifierSettings(), phase=2)
+    failed = {r.rule: r.reason for r in results if not r.passed}
+    assert failed == {"not_truncated": "cut at the token budget"}
+    assert not_truncated("stop").passed
+
+
+def test_training_needs_an_explicit_answer_not_a_last_number() -> None:
+    assert explicit_answer("3 + 4 = 7, so \\boxed{7}").passed
+    assert explicit_answer("Adding them, the answer is 7.").passed
+    assert explicit_answer("So the final answer is: 7").passed
+    echo = "Tom has 3 apples and gets 4 more. 3 + 4 = 7"  # a last number, no stated answer
+    assert explicit_answer(echo).reason == "no \\boxed{} and no 'the answer is' phrase"
+    settings = VerifierSettings(disabled_rules=["boxed_answer"])
+    failed = [r.rule for r in apply_rules(echo, 20, "stop", settings, phase=2) if not r.passed]
+    assert failed == ["explicit_answer"]
+    settings = VerifierSettings(disabled_rules=["boxed_answer", "explicit_answer"])
+    assert all(r.passed for r in apply_rules(echo, 20, "stop", settings, phase=2))

@@ -5,7 +5,8 @@ Pure apart from the rule counters: no broker, no database (the service wires tho
 - Phase 1: a sample's turns are [solve, review, long CoT]. The turn-1 answer and the final answer
   (the long CoT, the training target) are graded against the gold answer: category RR/RW/WR/WW.
 - Phase 2: a sample is one solution: category R or W.
-A sample is accepted when its final answer is right and every rule of its phase passes.
+A sample is accepted when its final answer is right and every rule of its phase passes; the rules
+reject a final turn cut at the token budget and one that states no explicit answer.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ def _verdict(sample: Generation, phase: int, grades: list, settings: VerifierSet
     category = _letter(final.correct)
     if initial_correct is not None:
         category = _letter(initial_correct) + category
-    failed = [
-        r.rule for r in apply_rules(final_text, sample.tokens[-1], settings, phase) if not r.passed
-    ]
+    # Messages from before finish reasons were recorded: unknown, so not counted as truncated.
+    finish = sample.finish_reasons[-1] if sample.finish_reasons else "stop"
+    results = apply_rules(final_text, sample.tokens[-1], finish, settings, phase)
+    failed = [r.rule for r in results if not r.passed]
     return Verdict(
         sample_id=sample.sample_id,
         initial_correct=initial_correct,

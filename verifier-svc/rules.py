@@ -27,6 +27,8 @@ _CHECKING = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"\S+")
+# The answer phrases the grader's extraction also reads (shared.method.grading.extract_answer).
+_ANSWER_PHRASE = re.compile(r"(?:the|final) answer is\s*:?\s*\S", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,25 @@ class RuleResult:
     rule: str
     passed: bool
     reason: str = ""
+
+
+def not_truncated(finish_reason: str) -> RuleResult:
+    """The solution ended on its own: one cut at the token budget is not a solution, whatever
+    number it last wrote."""
+    if finish_reason == "length":
+        return RuleResult("not_truncated", False, "cut at the token budget")
+    return RuleResult("not_truncated", True)
+
+
+def explicit_answer(text: str) -> RuleResult:
+    """The final answer is stated, as ``\\boxed{}`` or an answer phrase ("the answer is ...").
+
+    Evaluation keeps the harness's last-number fallback (parity with the Qwen2.5-Math harness);
+    training does not, since a last number is often an echo of the question, not an answer.
+    Disabling this rule turns the fallback on for training acceptance."""
+    if last_boxed(text) or _ANSWER_PHRASE.search(text):
+        return RuleResult("explicit_answer", True)
+    return RuleResult("explicit_answer", False, "no \\boxed{} and no 'the answer is' phrase")
 
 
 def boxed_answer(text: str) -> RuleResult:
@@ -104,6 +125,8 @@ def has_checking_steps(text: str, min_steps: int) -> RuleResult:
 
 
 PHASE1_RULES = (
+    "not_truncated",
+    "explicit_answer",
     "boxed_answer",
     "length",
     "no_repetition",
@@ -115,10 +138,12 @@ PHASE2_RULES = PHASE1_RULES[:-1]
 
 
 def apply_rules(
-    text: str, n_tokens: int, settings: VerifierSettings, phase: int
+    text: str, n_tokens: int, finish_reason: str, settings: VerifierSettings, phase: int
 ) -> list[RuleResult]:
     """Run the rules of ``phase`` on one solution and count each outcome."""
     results = [
+        not_truncated(finish_reason),
+        explicit_answer(text),
         boxed_answer(text),
         length(n_tokens, settings.min_tokens, settings.max_tokens),
         no_repetition(text, settings.repetition_ngram, settings.max_ngram_repeats),

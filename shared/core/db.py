@@ -78,6 +78,9 @@ class GenerationRow(Base):
     round: Mapped[int] = mapped_column(Integer, default=0)
     turns: Mapped[list[Any]] = mapped_column(comment="Assistant texts per turn.")
     tokens: Mapped[list[Any]] = mapped_column(comment="Generated tokens per turn.")
+    finish_reasons: Mapped[list[Any]] = mapped_column(
+        default=list, comment="Why each turn stopped: stop or length (cut at the token budget)."
+    )
     model: Mapped[str] = mapped_column(Text)
     prompt_version: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]] = mapped_column(comment="Sampling parameters.")

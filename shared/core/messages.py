@@ -80,6 +80,11 @@ class Generation(BaseModel):
     sample_id: str = Field(description="Unique per (run, problem): job id + sample index.")
     turns: list[str] = Field(description="Assistant texts: [solve, review, long CoT] or [answer].")
     tokens: list[int] = Field(description="Generated tokens per turn.")
+    finish_reasons: list[Literal["stop", "length"]] = Field(
+        default_factory=list,
+        description="Why each turn stopped: stop (it ended on its own) or length (cut at the "
+        "token budget). Empty in messages written before it was recorded.",
+    )
     seed: int
 
 

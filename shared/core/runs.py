@@ -228,7 +228,13 @@ def _dialogue(job: ProblemJob, rows: list[GenerationRow]) -> Dialogue:
         prompt_version=first.prompt_version,
         params=job.params,
         samples=[
-            Generation(sample_id=r.sample_id, turns=r.turns, tokens=r.tokens, seed=r.seed)
+            Generation(
+                sample_id=r.sample_id,
+                turns=r.turns,
+                tokens=r.tokens,
+                finish_reasons=r.finish_reasons,
+                seed=r.seed,
+            )
             for r in rows
         ],
     )

@@ -158,7 +158,9 @@ class VerifierSettings(BaseModel):
     disabled_rules: list[str] = Field(
         [],
         description="Rules not applied: an ablation, or a tiny model that never boxes its answer "
-        "(names: boxed_answer, length, no_repetition, no_language_mixing, has_checking_steps).",
+        "(names: not_truncated, explicit_answer, boxed_answer, length, no_repetition, "
+        "no_language_mixing, has_checking_steps). Disabling explicit_answer lets the last-number "
+        "fallback of evaluation accept training samples too.",
     )
 
 

@@ -30,6 +30,7 @@ _PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 _NUMBER_WITH_WORDS = re.compile(r"\$?(-?[\d,]*\.?\d+)\s+[A-Za-z][A-Za-z\s]*\.?")  # 18 dollars
 _SET_BUILDER = re.compile(r"^\\\{\s*[a-zA-Z]\s*(?:\||\\mid|:)\s*(.+)\\\}$")
 _SPACES = re.compile(r"\s+")
+_SPACING = re.compile(r"(\\\\)|\\[!, ]")  # a row break \\ is one token, never "\" + "\ "
 _WRAPPED = re.compile(r"^\\(?:text|textbf|mathbf|mathrm|boxed)\{(.*)\}$")
 
 
@@ -79,7 +80,8 @@ def _normalize(answer: str) -> str:
     """Light clean-up so that the cheap checks hit often; math-verify does the real work."""
     s = answer.strip().strip("$").strip().removesuffix(".")
     s = s.replace("\\left", "").replace("\\right", "").replace("\\dfrac", "\\frac")
-    s = s.replace("\\tfrac", "\\frac").replace("\\!", "").replace("\\,", "").replace("\\ ", "")
+    s = s.replace("\\tfrac", "\\frac").replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
+    s = _SPACING.sub(r"\1", s)  # drops \, \! and "\ " but keeps the row break \\ of a matrix
     s = s.replace("\\$", "").replace("^\\circ", "").replace("^{\\circ}", "")
     wrapped = _WRAPPED.match(s)  # \textbf{(073)}: the whole answer in a font command
     if wrapped and last_boxed("boxed{" + wrapped.group(1) + "}") == wrapped.group(1):
