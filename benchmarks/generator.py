@@ -33,6 +33,7 @@ from shared.core.migrations import upgrade  # noqa: E402
 from shared.core.settings import Settings  # noqa: E402
 from shared.datasets.synthetic import make_problems  # noqa: E402
 from shared.inference import load_backend  # noqa: E402
+from shared.method.markers import InferencePrompt
 from shared.method.prompts import load_prompts  # noqa: E402
 
 
@@ -56,12 +57,12 @@ def jobs(count: int, params: SamplingParams, tag: str) -> list[ProblemJob]:
 def direct(settings: Settings, work: list[ProblemJob], warm: list[ProblemJob]) -> tuple[int, float]:
     backend = load_backend(settings.inference)
     prompts = load_prompts(settings.generator.prompt_version)
-    run_dialogues(backend, prompts, warm)
+    run_dialogues(backend, prompts, warm, InferencePrompt(prompts.system))
     start = time.perf_counter()
     tokens = 0
     size = settings.inference.batch_size
     for i in range(0, len(work), size):  # the batches the service's consumer would take
-        gens = run_dialogues(backend, prompts, work[i : i + size])
+        gens = run_dialogues(backend, prompts, work[i : i + size], InferencePrompt(prompts.system))
         tokens += sum(sum(g.tokens) for gs in gens for g in gs)
     return tokens, time.perf_counter() - start
 

@@ -28,6 +28,7 @@ from shared.core.settings import Settings
 from shared.datasets.synthetic import SyntheticProblem
 from shared.inference import load_backend
 from shared.method.grading import Grader
+from shared.method.markers import InferencePrompt
 from shared.method.prompts import load_prompts
 from verifier_svc.handler import verify_dialogue
 
@@ -93,7 +94,9 @@ def draw(
                 seed=seed + start,
             )
             jobs = [_job(p, r, params) for p in pending]
-            for job, gens in zip(jobs, run_samples(backend, prompts, jobs), strict=True):
+            for job, gens in zip(
+                jobs, run_samples(backend, jobs, InferencePrompt(prompts.system)), strict=True
+            ):
                 dialogue = Dialogue(
                     run_id=job.run_id,
                     problem_id=job.problem_id,

@@ -24,7 +24,13 @@ from shared.core.db import EvalResult, EvalSampleRow, Run, insert_ignore, transa
 from shared.core.messages import CheckpointReady
 from shared.core.settings import Settings
 from shared.inference import load_backend
-from shared.method.evaluation import BASE_CHECKPOINT_ID, BenchmarkSummary, evaluate, load_benchmarks
+from shared.method.evaluation import (
+    BASE_CHECKPOINT_ID,
+    BenchmarkSummary,
+    evaluate,
+    load_benchmarks,
+    model_prompt,
+)
 from shared.method.grading import Grader
 
 log = logging.getLogger(__name__)
@@ -130,9 +136,12 @@ def handle(
             if all((b, m) in finished for b in benchmarks for m in target.modes):
                 continue
             backend = load_backend(settings.inference, target.model)
+            prompt = model_prompt(target.model, settings)  # the prompt it was trained with
             for mode in target.modes:
                 todo = {b: p for b, p in benchmarks.items() if (b, mode) not in finished}
-                for summary in evaluate(config, backend, grader, todo, [mode]):
+                for summary in evaluate(
+                    config, backend, grader, todo, [mode], system=prompt.system
+                ):
                     with transaction(sessions) as session:
                         store(session, msg.run_id, target.checkpoint_id, summary)
                     EVAL_ACCURACY.labels(target.checkpoint_id, summary.benchmark, mode).set(

@@ -27,7 +27,15 @@ def main() -> None:
         return load_backend(settings.inference, model or None)
 
     def handle(jobs: list[ProblemJob]) -> None:
-        handle_jobs(jobs, sessions, backend_for, prompts, publisher.publish, stats)
+        handle_jobs(
+            jobs,
+            sessions,
+            backend_for,
+            prompts,
+            publisher.publish,
+            stats,
+            settings.sampler.inference_marker,
+        )
 
     consumer = Consumer.subscribe(
         settings.common, "generator", PROBLEMS, handle, publisher, settings.inference.batch_size

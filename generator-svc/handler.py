@@ -22,7 +22,8 @@ from shared.core.db import GenerationRow, insert_ignore
 from shared.core.messages import DIALOGUES, Dialogue, Generation, ProblemJob, SamplingParams
 from shared.core.runs import cancelled_runs, stored_dialogues
 from shared.inference import Backend
-from shared.method.prompts import Prompts, question_conversation
+from shared.method.markers import InferencePrompt, Source, inference_prompt
+from shared.method.prompts import Prompts
 
 TOKENS_GENERATED = Counter("dualphase_generated_tokens", "Completion tokens generated.")
 
@@ -53,10 +54,10 @@ def turn_params(params: SamplingParams, turn: int) -> SamplingParams:
 
 
 def run_dialogues(
-    backend: Backend, prompts: Prompts, jobs: list[ProblemJob]
+    backend: Backend, prompts: Prompts, jobs: list[ProblemJob], prompt: InferencePrompt
 ) -> list[list[Generation]]:
     """Phase 1: solve, review, rewrite; each turn batched over all jobs (grouped by params)."""
-    convs = [question_conversation(prompts, job.question) for job in jobs]
+    convs = [prompt.conversation(job.question) for job in jobs]
     turns: list[list[str]] = [[] for _ in jobs]
     tokens: list[list[int]] = [[] for _ in jobs]
     finish: list[list[str]] = [[] for _ in jobs]
@@ -88,12 +89,12 @@ def run_dialogues(
 
 
 def run_samples(
-    backend: Backend, prompts: Prompts, jobs: list[ProblemJob]
+    backend: Backend, jobs: list[ProblemJob], prompt: InferencePrompt
 ) -> list[list[Generation]]:
     """Phase 2: n independent single-turn solutions per job; sample i has seed + i."""
     out: list[list[Generation]] = [[] for _ in jobs]
     for idxs, params in _group_by_params(jobs, None):
-        convs = [question_conversation(prompts, jobs[i].question) for i in idxs]
+        convs = [prompt.conversation(jobs[i].question) for i in idxs]
         for i, result in zip(idxs, backend.chat(convs, params), strict=True):
             out[i] = [
                 Generation(
@@ -135,9 +136,12 @@ def handle_jobs(
     prompts: Prompts,
     publish: Callable[[str, Dialogue], None],
     stats: GeneratorStats,
+    marker: Source = "multi-turn",
 ) -> None:
     """Generate what is new, store it, publish a dialogue per job (stored ones re-published).
-    Jobs of cancelled runs are dropped."""
+    Jobs of cancelled runs are dropped. A job's model is prompted as it was trained (its prompt
+    manifest, with the ``marker`` source where it saw both); the base model with the plain
+    system prompt."""
     cancelled = cancelled_runs(sessions, {job.run_id for job in jobs})
     stats.cancelled_skipped += sum(job.run_id in cancelled for job in jobs)
     jobs = [job for job in jobs if job.run_id not in cancelled]
@@ -150,10 +154,12 @@ def handle_jobs(
         by_model[job.model].append(job)
     for model, group in by_model.items():
         backend = backend_for(model)
+        prompt = inference_prompt(model, prompts.system, marker)
         start = time.perf_counter()
         dialogues = [j for j in group if j.kind == "dialogue"]
         samples = [j for j in group if j.kind == "sample"]
-        gens = run_dialogues(backend, prompts, dialogues) + run_samples(backend, prompts, samples)
+        gens = run_dialogues(backend, prompts, dialogues, prompt)
+        gens += run_samples(backend, samples, prompt)
         stats.generate_seconds += time.perf_counter() - start
         tokens = sum(sum(g.tokens) for gs in gens for g in gs)
         stats.tokens += tokens

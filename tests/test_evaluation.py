@@ -35,13 +35,16 @@ from shared.inference.model import resolve_model
 from shared.method.evaluation import (
     BASE_CHECKPOINT_ID,
     CORRECT_PROMPT,
+    SELF_REWARDING_SUFFIX,
+    SELF_REWARDING_SYSTEM,
     SYSTEM_PROMPT,
     VERIFY_PROMPT,
+    cut_at_verdict,
     evaluate,
     evaluate_benchmark,
     generate,
-    says_wrong,
     summarise,
+    verdict,
 )
 from shared.method.grading import Grader, extract_answer, is_equivalent
 
@@ -116,10 +119,14 @@ def test_pass_at_1_is_the_mean_over_problems_with_a_normal_ci() -> None:
     assert summarise([[True]], [7])[1] == 0.0  # one problem: no spread to measure
 
 
-def test_verdict_is_the_last_verify_tag() -> None:
-    assert says_wrong("step 2 is off. [VERIFY] wrong.")
-    assert not says_wrong("[VERIFY] wrong at first... no: [VERIFY] correct.")
-    assert not says_wrong("I think it is fine.")  # no verdict: the answer stands
+def test_verdict_is_parsed_as_rlhflow_parses_it() -> None:
+    assert verdict("step 2 is off. [VERIFY] wrong.") is False
+    assert verdict("All steps check out. [VERIFY] correct.") is True
+    # Exactly one tag, case-sensitive; anything else is unusable and the first answer stands.
+    assert verdict("[VERIFY] wrong at first... no: [VERIFY] correct.") is None
+    assert verdict("[verify] wrong.") is None
+    assert verdict("I think it is fine.") is None
+    assert cut_at_verdict("x \\boxed{[VERIFY] wrong.} then more text") == "x [VERIFY] wrong."
 
 
 def test_unknown_mode_is_rejected_by_name(backend: Backend) -> None:
@@ -188,7 +195,11 @@ def test_think_twice_re_asks_with_the_first_answer_in_one_batched_call(
         question = next(p.question for p in problems if p.id == r.problem_id)
         assert conversation[0] == {"role": "system", "content": SYSTEM_PROMPT}
         assert conversation[1]["content"].startswith(question)
-        assert f"<answer>{extract_answer(r.turns[0])}</answer>" in conversation[1]["content"]
+        # The whole first answer goes back, not only its extracted value (Tian et al.).
+        assert (
+            f"\u2019s previous answer is: <answer> {r.turns[0]} </answer>"
+            in (conversation[1]["content"])
+        )
         assert len(r.turns) == 2 and r.final() == r.turns[1]
         assert r.extracted == extract_answer(r.turns[1])
 
@@ -205,15 +216,19 @@ def test_self_rewarding_corrects_only_the_samples_judged_wrong(
     )
 
     assert len(recording.calls) == 3
-    verify_round, corrections = recording.calls[1][0], recording.calls[2][0]
+    first_round, verify_round = recording.calls[0][0], recording.calls[1][0]
+    corrections = recording.calls[2][0]
+    assert first_round[0][0] == {"role": "system", "content": SELF_REWARDING_SYSTEM}
+    assert first_round[0][1]["content"].endswith(SELF_REWARDING_SUFFIX)
     assert all(c[-1] == {"role": "user", "content": VERIFY_PROMPT} for c in verify_round)
-    judged_wrong = [r for r in summary.results if says_wrong(r.turns[1])]
+    judged_wrong = [r for r in summary.results if verdict(r.turns[1]) is False]
     assert len(corrections) == len(judged_wrong) == 2
-    for conversation, r in zip(corrections, judged_wrong, strict=True):
-        assert conversation[-2] == {"role": "assistant", "content": r.turns[1]}
+    cut = {"role": "assistant", "content": "Step 1 is off. [VERIFY] wrong."}
+    for conversation in corrections:
+        assert conversation[-2] == cut  # the self-evaluation, cut at its verdict
         assert conversation[-1] == {"role": "user", "content": CORRECT_PROMPT}
     for r in summary.results:
-        corrected = says_wrong(r.turns[1])
+        corrected = verdict(r.turns[1]) is False
         assert len(r.turns) == (3 if corrected else 2)
         assert r.final() == (r.turns[2] if corrected else r.turns[0])
         assert r.extracted == extract_answer(r.final())

@@ -78,6 +78,7 @@ def test_each_turn_of_a_batch_is_one_backend_call(sqlite_url: str) -> None:
         "turn 3 sample 0",
     ]
     assert dialogues[0].samples[0].tokens == [4, 5, 6]
+    assert dialogues[0].samples[0].finish_reasons == ["stop", "stop", "stop"]
     assert dialogues[0].prompt_version == "v1" and dialogues[0].model == backend.model_id
 
 
@@ -85,6 +86,7 @@ def test_phase2_job_gives_n_samples_with_their_own_seeds(sqlite_url: str) -> Non
     (dialogue,) = run([job(0, kind="sample", n=3)], RecordingBackend(), sqlite_url)
     assert [s.sample_id for s in dialogue.samples] == [f"{dialogue.job_id}:{k}" for k in range(3)]
     assert [s.seed for s in dialogue.samples] == [7, 8, 9]
+    assert [s.finish_reasons for s in dialogue.samples] == [["stop"]] * 3
 
 
 def test_redelivered_job_is_republished_from_the_database_not_generated_again(

@@ -24,7 +24,8 @@ from shared.core.messages import SamplingParams
 from shared.core.settings import Settings
 from shared.datasets.synthetic import SyntheticProblem
 from shared.inference import load_backend
-from shared.method.prompts import load_prompts, question_conversation
+from shared.method.markers import InferencePrompt
+from shared.method.prompts import load_prompts
 
 EASY = SyntheticProblem("easy", "What is 2 + 3? Reply with the number only.", 5, 1)
 NEVER_SOLVED = SyntheticProblem("never", "What is 2 + 3? Reply with the number only.", 987654321, 5)
@@ -71,7 +72,9 @@ def test_stream_stops_at_the_first_accepted_wave_and_equals_one_pass(settings: S
     assert len(easy["accepted"]) == ends[np.searchsorted(ends, first)]  # stopped at its wave
     # Round by round = one pass: the token counts of every sample match a single chat call.
     backend = load_backend(settings.inference)
-    conv = question_conversation(load_prompts(settings.generator.prompt_version), EASY.question)
+    conv = InferencePrompt(load_prompts(settings.generator.prompt_version).system).conversation(
+        EASY.question
+    )
     params = SamplingParams(
         n=len(easy["tokens"]),
         temperature=settings.generator.temperature,

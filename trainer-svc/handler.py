@@ -38,6 +38,7 @@ from shared.core.db import CheckpointRow, insert_ignore
 from shared.core.messages import CHECKPOINTS, CheckpointReady, Message, ShardFile, ShardManifest
 from shared.core.settings import Settings, TrainerSettings
 from shared.inference.model import resolve_model
+from shared.method.markers import prompt_manifest, write_prompt_manifest
 from trainer_svc.train import PROGRESS, TrainJob, TrainResult, read_done, train
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,9 @@ def handle_manifest(
         raise
     finally:
         stats.current = {}
+    if "skipped" not in result.config:  # a trained model: it keeps the prompt it was trained on
+        rows = shards.read_rows(manifest.files)
+        write_prompt_manifest(Path(result.path), prompt_manifest(rows, settings.sampler))
     with sessions.begin() as session:
         row = session.get_one(CheckpointRow, ckpt_id)
         row.path, row.status, row.error = result.path, "ready", ""

@@ -196,6 +196,12 @@ class SamplerSettings(BaseModel):
     marker_rejection: str = Field(
         "[rejection sampled]", description="Marker of phase-2 (rejection-sampled) samples."
     )
+    inference_marker: Literal["multi-turn", "rejection"] = Field(
+        "multi-turn",
+        description="The source marker a trained checkpoint is prompted with in phase-2 sampling "
+        "and evaluation, when it was trained on both sources (a checkpoint trained on one gets "
+        "that one; the base model gets the plain prompt).",
+    )
     phases: Literal[1, 2] = Field(
         2, description="2: both phases (M0 -> M1 -> M2); 1: stop after phase 1 (ablation)."
     )

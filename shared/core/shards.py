@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,3 +149,12 @@ def verify(file: ShardFile) -> None:
         rows = sum(1 for line in f if line.strip())
     if rows != file.rows:
         raise ValueError(f"shard file {path}: {rows} rows != manifest {file.rows}")
+
+
+def read_rows(files: list[ShardFile]) -> Iterator[dict[str, Any]]:
+    """Every row of a shard's files, in order."""
+    for file in files:
+        with open(file.path, encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)

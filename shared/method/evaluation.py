@@ -3,11 +3,16 @@
 Modes (the paper's baselines, all prompted like the Qwen2.5-Math evaluation harness):
 
 - ``base``: one answer per sample.
-- ``think-twice``: round 2 asks the question again with the round-1 final answer attached and
-  asks the model to re-answer (Tian et al., 2025). The round-2 answer is graded.
-- ``self-rewarding``: answer, then a self-evaluation ending in ``[VERIFY] correct`` or
-  ``[VERIFY] wrong``; a sample judged wrong gets a third turn that corrects it (Xiong et al., 2025).
-  The correction is graded when there is one, the first answer otherwise.
+- ``think-twice``: round 2 is a fresh single-turn request: the question, then the model's whole
+  round-1 answer inside ``<answer> </answer>`` and "please re-answer" (Tian et al., 2025, the
+  prompt of a-m-team/a-m-models). The round-2 answer is graded.
+- ``self-rewarding``: RLHFlow's protocol (Xiong et al., 2025; the prompts of their sequential
+  rejection sampling, ``infer_math/process_prompt_turn{1,2,3}.py``), run as prompting of a model
+  that was not trained for it, since the trained self-rewarding models are not available here:
+  solve; a self-evaluation that must end in exactly one ``[VERIFY] correct.`` or
+  ``[VERIFY] wrong.``; on "wrong", a third turn (the self-evaluation cut at its verdict) asks for
+  the mistake and a corrected answer. The correction is graded when there is one; the first answer
+  stands on "correct" and when the model misses the format (their fallback for such models).
 
 Every round is one ``backend.chat`` call over all problems of a benchmark, so the backend can batch.
 
@@ -19,7 +24,6 @@ A sample's length is the tokens generated for it, summed over its turns: the cos
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -29,29 +33,37 @@ from shared.core.messages import SamplingParams
 from shared.core.settings import EvalSettings, Settings
 from shared.datasets import BenchmarkProblem, load_benchmark
 from shared.inference import Backend, load_backend
-from shared.method.grading import Grader, extract_answer
+from shared.method.grading import Grader
+from shared.method.markers import InferencePrompt, inference_prompt
 
 # The system prompt of the harness's "qwen25-math-cot" template.
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+# Tian et al.'s prompt, character for character (the apostrophe is U+2019).
 THINK_TWICE_PROMPT = (
-    "{question}\nThe assistant's previous answer is: <answer>{answer}</answer>, "
+    "{question}\nThe assistant\u2019s previous answer is: <answer> {answer} </answer>, "
     "and please re-answer."
 )
+# RLHFlow's turn-1 system prompt and user suffix, turn-2 and turn-3 user messages.
+SELF_REWARDING_SYSTEM = (
+    "You are a mathematical reasoning assistant. For each problem, follow these steps strictly:"
+    "\n\n1. Solve the problem using step-by-step reasoning and output the final answer within "
+    "\\boxed{}.\n\nAlways ensure clarity, correctness, and adherence to the required format."
+)
+SELF_REWARDING_SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
 VERIFY_PROMPT = (
-    "Perform a self-evaluation: you may include reasoning to verify correctness. However, your "
-    "final self-evaluation must be in one of the following formats: [VERIFY] correct. or "
-    "[VERIFY] wrong."
+    "2. Perform a self-evaluation:\n   - You may include reasoning to verify correctness.\n"
+    "   - However, your final self-evaluation **must** be in one of the following formats:\n"
+    "     ```\n     [VERIFY] correct.\n     ```\n     or  \n     ```\n"
+    "     [VERIFY] wrong.\n     ```"
 )
 CORRECT_PROMPT = (
-    "Since your initial response is self-evaluated as incorrect, there might be an error in the "
-    "solution above because of a lack of understanding of the question. Please correct the "
-    "error, if any, and rewrite the solution. Put your final answer within \\boxed{}."
+    "3. please identify the mistake in your previous reasoning, revise your reasoning path and "
+    "output a corrected final answer within \\boxed{}."
 )
 MODES = ("base", "think-twice", "self-rewarding")
 # eval_results.checkpoint_id of a run's base model when no M0 checkpoint message names it.
 BASE_CHECKPOINT_ID = "base"
 TURN_SEED_STRIDE = 1_000_003
-_VERDICT = re.compile(r"\[VERIFY\]\s*(correct|wrong)", re.IGNORECASE)
 
 Message = dict[str, str]
 
@@ -90,14 +102,26 @@ class BenchmarkSummary:
     results: list[SampleResult]
 
 
-def first_turn(question: str) -> list[Message]:
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+def conversation(system: str, question: str) -> list[Message]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
-def says_wrong(verdict_text: str) -> bool:
-    """True if the last ``[VERIFY]`` verdict in the text is "wrong"; no verdict means no change."""
-    verdicts = _VERDICT.findall(verdict_text)
-    return bool(verdicts) and verdicts[-1].lower() == "wrong"
+def verdict(text: str) -> bool | None:
+    """RLHFlow's parse: exactly one ``[VERIFY]``, then True for correct, False for wrong; None
+    (unusable) otherwise. Case-sensitive, as theirs."""
+    if text.count("[VERIFY]") != 1:
+        return None
+    if "[VERIFY] correct" in text:
+        return True
+    return False if "[VERIFY] wrong" in text else None
+
+
+def cut_at_verdict(text: str) -> str:
+    """The self-evaluation up to its ``[VERIFY] wrong.`` (a boxed verdict unboxed), as RLHFlow
+    feeds it back: what the model wrote after its verdict is not part of the conversation."""
+    for boxed in ("\\boxed{\\text{[VERIFY] wrong.}}", "\\boxed{[VERIFY] wrong.}"):
+        text = text.replace(boxed, "[VERIFY] wrong.")
+    return text.split("[VERIFY] wrong")[0] + "[VERIFY] wrong."
 
 
 def sampling_params(config: EvalSettings) -> SamplingParams:
@@ -111,14 +135,43 @@ def sampling_params(config: EvalSettings) -> SamplingParams:
 
 
 def generate(
-    mode: str, problems: list[BenchmarkProblem], backend: Backend, params: SamplingParams
+    mode: str,
+    problems: list[BenchmarkProblem],
+    backend: Backend,
+    params: SamplingParams,
+    system: str = SYSTEM_PROMPT,
 ) -> list[SampleResult]:
-    """All samples of all problems in one mode, ungraded, in (problem, sample) order."""
+    """All samples of all problems in one mode, ungraded, in (problem, sample) order. ``system``
+    is the model's system prompt (a trained checkpoint's, with its marker, or the harness's)."""
     if mode not in MODES:
         raise ValueError(f"evaluation mode {mode!r}: expected one of {', '.join(MODES)}")
+
+    def first(problem: BenchmarkProblem) -> list[Message]:
+        if mode == "self-rewarding":
+            return conversation(SELF_REWARDING_SYSTEM, problem.question + SELF_REWARDING_SUFFIX)
+        return conversation(system, problem.question)
+
+    def think_twice(problem: BenchmarkProblem, sample: SampleResult) -> list[Message]:
+        prompt = THINK_TWICE_PROMPT.format(question=problem.question, answer=sample.turns[0])
+        return conversation(system, prompt)
+
+    def verify(problem: BenchmarkProblem, sample: SampleResult) -> list[Message]:
+        return [
+            *first(problem),
+            {"role": "assistant", "content": sample.turns[0]},
+            {"role": "user", "content": VERIFY_PROMPT},
+        ]
+
+    def correct(problem: BenchmarkProblem, sample: SampleResult) -> list[Message]:
+        return [
+            *verify(problem, sample),
+            {"role": "assistant", "content": cut_at_verdict(sample.turns[1])},
+            {"role": "user", "content": CORRECT_PROMPT},
+        ]
+
     samples: list[tuple[BenchmarkProblem, SampleResult]] = []
     for problem, result in zip(
-        problems, backend.chat([first_turn(p.question) for p in problems], params), strict=True
+        problems, backend.chat([first(p) for p in problems], params), strict=True
     ):
         for i, completion in enumerate(result.completions):
             sample = SampleResult(problem.id, i, [completion.text], completion.tokens)
@@ -130,35 +183,14 @@ def generate(
         return params.model_copy(update={"n": 1, "seed": params.seed + t * TURN_SEED_STRIDE})
 
     if mode == "think-twice":
-        _next_turn(backend, turn(1), samples, _think_twice)
+        _next_turn(backend, turn(1), samples, think_twice)
     elif mode == "self-rewarding":
-        _next_turn(backend, turn(1), samples, _verify)
-        wrong = [(p, s) for p, s in samples if says_wrong(s.turns[1])]
+        _next_turn(backend, turn(1), samples, verify)
+        wrong = [(p, s) for p, s in samples if verdict(s.turns[1]) is False]
         for _, sample in samples:
             sample.graded_turn = 0  # the first answer stands unless corrected below
-        _next_turn(backend, turn(2), wrong, _correct)
+        _next_turn(backend, turn(2), wrong, correct)
     return [sample for _, sample in samples]
-
-
-def _think_twice(problem: BenchmarkProblem, sample: SampleResult) -> list[Message]:
-    answer = extract_answer(sample.turns[0])
-    return first_turn(THINK_TWICE_PROMPT.format(question=problem.question, answer=answer))
-
-
-def _verify(problem: BenchmarkProblem, sample: SampleResult) -> list[Message]:
-    return [
-        *first_turn(problem.question),
-        {"role": "assistant", "content": sample.turns[0]},
-        {"role": "user", "content": VERIFY_PROMPT},
-    ]
-
-
-def _correct(problem: BenchmarkProblem, sample: SampleResult) -> list[Message]:
-    return [
-        *_verify(problem, sample),
-        {"role": "assistant", "content": sample.turns[1]},
-        {"role": "user", "content": CORRECT_PROMPT},
-    ]
 
 
 def _next_turn(
@@ -195,12 +227,13 @@ def evaluate_benchmark(
     name: str,
     problems: list[BenchmarkProblem],
     mode: str,
+    system: str = SYSTEM_PROMPT,
 ) -> BenchmarkSummary:
     """Generate, grade and summarise one benchmark in one mode."""
     if not problems:
         raise ValueError(f"benchmark {name!r}: no problems to evaluate")
     start = time.perf_counter()
-    samples = generate(mode, problems, backend, sampling_params(config))
+    samples = generate(mode, problems, backend, sampling_params(config), system)
     gold = {p.id: p.gold for p in problems}
     grades = grader.grade_many([(s.final(), gold[s.problem_id]) for s in samples])
     by_problem: dict[str, list[bool]] = {p.id: [] for p in problems}
@@ -232,12 +265,13 @@ def evaluate(
     benchmarks: dict[str, list[BenchmarkProblem]],
     modes: list[str] | None = None,
     on_done: Callable[[BenchmarkSummary], None] | None = None,
+    system: str = SYSTEM_PROMPT,
 ) -> list[BenchmarkSummary]:
     """Every benchmark in every mode (default: ``config.modes``); ``on_done`` sees each result."""
     summaries = []
     for mode in modes or config.modes:
         for name, problems in benchmarks.items():
-            summary = evaluate_benchmark(config, backend, grader, name, problems, mode)
+            summary = evaluate_benchmark(config, backend, grader, name, problems, mode, system)
             if on_done is not None:
                 on_done(summary)
             summaries.append(summary)
@@ -260,5 +294,12 @@ def evaluate_model(
     config = settings.eval
     benchmarks = load_benchmarks(config)
     backend = load_backend(settings.inference, model)
+    prompt = model_prompt(model or "", settings)
     with Grader(config.grade_timeout_s, config.grade_workers) as grader:
-        return evaluate(config, backend, grader, benchmarks, on_done=on_done)
+        return evaluate(config, backend, grader, benchmarks, on_done=on_done, system=prompt.system)
+
+
+def model_prompt(model: str, settings: Settings) -> InferencePrompt:
+    """How ``model`` is evaluated: with the system prompt and marker it was trained with
+    (``sampler.inference_marker`` where it saw both), or the harness's prompt for a base model."""
+    return inference_prompt(model, SYSTEM_PROMPT, settings.sampler.inference_marker)

@@ -23,7 +23,3 @@ def load_prompts(version: str) -> Prompts:
         raise ValueError(f"prompt_version {version!r}: no folder {folder} (known: {known})")
     read = lambda name: (folder / f"{name}.txt").read_text().strip()  # noqa: E731
     return Prompts(version, read("system"), read("review"), read("rewrite"))
-
-
-def question_conversation(prompts: Prompts, question: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": prompts.system}, {"role": "user", "content": question}]
