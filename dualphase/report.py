@@ -1,4 +1,10 @@
-"""Evaluation reports: a Markdown and an HTML file with the benchmark x model table, and two plots.
+"""Run reports: a Markdown and an HTML file and two plots.
+
+A run's report tells what happened on the way (``run_story``: deviations from the paper, phase-1
+categories, rule rejections, shards, training), then the benchmark x model table, then each
+model's difference to the model it improves on, paired on the same problems: the mean difference
+of per-problem pass@1 with a paired-bootstrap 95% interval and a p-value (exact McNemar where each
+problem has one sample, a sign-flip permutation test otherwise; ``shared.method.stats``).
 
 The data comes from the database (``eval_results`` and ``eval_samples`` of one run, with the
 stage of each checkpoint from ``checkpoints``) or from in-memory summaries (``dualphase eval``).
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import html
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +23,15 @@ from matplotlib.figure import Figure
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dualphase.run_story import Section, story
 from shared.core.db import CheckpointRow, EvalResult, EvalSampleRow, make_engine, make_sessionmaker
 from shared.core.settings import Settings
 from shared.method.evaluation import BASE_CHECKPOINT_ID, MODES, BenchmarkSummary
+from shared.method.stats import format_difference, paired_difference
 
 STAGES = ("M0", "M1", "M2")
+# (improved, baseline): each model against the one it improves on, and M2 against M0.
+COMPARISONS = (("M1", "M0"), ("M2", "M0"), ("M2", "M1"), ("oracle", "M0"), ("distilled", "M0"))
 
 
 @dataclass
@@ -42,6 +53,9 @@ class ReportData:
     title: str
     rows: list[ReportRow]
     lengths: dict[str, list[int]] = field(default_factory=dict)  # model -> tokens per sample
+    # (model, benchmark) -> problem id -> share of its samples that are right
+    scores: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    sections: list[Section] = field(default_factory=list)  # what happened on the way
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(r.model for r in self.rows))
@@ -79,7 +93,37 @@ def from_summaries(summaries: list[BenchmarkSummary], title: str) -> ReportData:
             )
         )
         data.lengths.setdefault(label, []).extend(r.tokens for r in s.results)
+        data.scores[(label, s.benchmark)] = _per_problem(
+            (r.problem_id, r.correct) for r in s.results
+        )
     return data
+
+
+def _per_problem(samples: Iterable[tuple[str, bool]]) -> dict[str, float]:
+    right: dict[str, list[bool]] = defaultdict(list)
+    for problem_id, correct in samples:
+        right[problem_id].append(correct)
+    return {p: sum(c) / len(c) for p, c in right.items()}
+
+
+def paired(data: ReportData) -> Section:
+    """Each comparison of COMPARISONS on every benchmark both models were evaluated on."""
+    rows = []
+    for bench in data.benchmarks():
+        for improved, baseline in COMPARISONS:
+            a, b = data.scores.get((baseline, bench)), data.scores.get((improved, bench))
+            if not a or not b:
+                continue
+            common = sorted(set(a) & set(b))
+            d = paired_difference([a[p] for p in common], [b[p] for p in common])
+            rows.append([bench, f"{improved} - {baseline}", str(d.n), format_difference(d)])
+    note = (
+        "Difference of pass@1 in points on the same problems, its paired-bootstrap 95% interval, "
+        "and the p-value of a paired test (McNemar with one sample per problem, else sign-flip)."
+    )
+    return Section(
+        "Paired differences", ["benchmark", "models", "problems", "difference"], rows, note
+    )
 
 
 def load_run(session: Session, run_id: str) -> ReportData:
@@ -123,6 +167,20 @@ def load_run(session: Session, run_id: str) -> ReportData:
     for checkpoint_id, mode, tokens in samples:
         lengths[model_label(stage(checkpoint_id), mode)].append(tokens)
     data.lengths = {m: lengths[m] for m in data.models() if m in lengths}
+    graded = session.execute(
+        select(
+            EvalSampleRow.checkpoint_id,
+            EvalSampleRow.mode,
+            EvalSampleRow.benchmark,
+            EvalSampleRow.problem_id,
+            EvalSampleRow.correct,
+        ).where(EvalSampleRow.run_id == run_id)
+    )
+    by_cell: dict[tuple[str, str], list[tuple[str, bool]]] = defaultdict(list)
+    for checkpoint_id, mode, bench, problem_id, correct in graded:
+        by_cell[(model_label(stage(checkpoint_id), mode), bench)].append((problem_id, correct))
+    data.scores = {cell: _per_problem(samples) for cell, samples in by_cell.items()}
+    data.sections = story(session, run_id)
     return data
 
 
@@ -157,17 +215,30 @@ _NOTE = (
 )
 
 
-def render_markdown(data: ReportData) -> str:
-    header, body = _table(data)
-    lines = [
-        f"# {data.title}",
-        "",
-        _NOTE,
-        "",
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
+
+
+def _markdown_section(section: Section) -> list[str]:
+    lines = [f"## {section.title}", ""]
+    if section.note:
+        lines += [section.note, ""]
+    if section.rows:
+        lines += [*_markdown_table(section.header, section.rows), ""]
+    return lines
+
+
+def render_markdown(data: ReportData) -> str:
+    header, body = _table(data)
+    lines = [f"# {data.title}", ""]
+    for section in data.sections:
+        lines += _markdown_section(section)
+    lines += ["## Evaluation", "", _NOTE, "", *_markdown_table(header, body), ""]
+    lines += _markdown_section(paired(data))
     lines += [
         "",
         "![accuracy per stage](accuracy.png)",
@@ -178,18 +249,31 @@ def render_markdown(data: ReportData) -> str:
     return "\n".join(lines)
 
 
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html_section(section: Section) -> str:
+    note = f"<p>{html.escape(section.note)}</p>" if section.note else ""
+    table = _html_table(section.header, section.rows) if section.rows else ""
+    return f"<h2>{html.escape(section.title)}</h2>{note}{table}"
+
+
 def render_html(data: ReportData) -> str:
     header, body = _table(data)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body
-    )
+    story_html = "".join(_html_section(s) for s in data.sections)
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
 <style>body{{font-family:sans-serif}} td,th{{border:1px solid #ccc;padding:4px 8px}}
 table{{border-collapse:collapse}}</style></head>
-<body><h1>{html.escape(data.title)}</h1><p>{html.escape(_NOTE)}</p>
-<table><tr>{head}</tr>{rows}</table>
+<body><h1>{html.escape(data.title)}</h1>{story_html}
+<h2>Evaluation</h2><p>{html.escape(_NOTE)}</p>
+{_html_table(header, body)}
+{_html_section(paired(data))}
 <h2>Accuracy per stage</h2><img src="accuracy.png" alt="accuracy per stage">
 <h2>Response length per stage</h2><img src="lengths.png" alt="response length per stage">
 </body></html>

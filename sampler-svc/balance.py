@@ -7,6 +7,7 @@ answer wrong on purpose and then "correct" itself.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -31,11 +32,19 @@ class Phase1Set:
 
 
 def build_phase1_set(
-    session: Session, run_id: str, seed: int, exclude: Collection[str] = ()
+    session: Session,
+    run_id: str,
+    seed: int,
+    exclude: Collection[str] = (),
+    ratio: float = 1.0,
+    min_right: int = 0,
 ) -> Phase1Set:
     """Accepted phase-1 samples, initial-right : initial-wrong = 1:1, drawn with ``seed``.
 
     Problems in ``exclude`` (decontamination) are dropped before balancing, so 1:1 holds.
+    ``ratio`` and ``min_right`` (``SamplerSettings.balance_*``) relax the paper's balance for a
+    model that rarely self-corrects: ``ratio`` initial-right per initial-wrong, and at least
+    ``min_right`` initial-right samples whatever the initial-wrong count.
     """
     verdicts = session.scalars(
         select(VerdictRow)
@@ -46,9 +55,9 @@ def build_phase1_set(
     accepted = [v for v in clean if v.accepted and v.final_correct]
     right = [v for v in accepted if v.initial_correct]
     wrong = [v for v in accepted if not v.initial_correct]
-    n = min(len(right), len(wrong))
+    n_wrong, n_right = balanced_counts(len(right), len(wrong), ratio, min_right)
     rng = random.Random(seed)
-    kept = rng.sample(right, n) + rng.sample(wrong, n)
+    kept = rng.sample(right, n_right) + rng.sample(wrong, n_wrong)
     kept.sort(key=lambda v: (v.problem_id, v.sample_id))
 
     kept_ids = {v.sample_id for v in kept}
@@ -64,6 +73,14 @@ def build_phase1_set(
         failed = sum(rule in v.failed_rules for v in verdicts)
         counts[f"rule:{rule}"] = (failed, len(verdicts) - failed)
     return Phase1Set(kept, counts)
+
+
+def balanced_counts(right: int, wrong: int, ratio: float, min_right: int) -> tuple[int, int]:
+    """(initial-wrong, initial-right) samples to keep out of those available: ``ratio`` right
+    per wrong (1 = the paper's 1:1), at least ``min_right`` right ones when there are."""
+    n_wrong = min(wrong, math.floor(right / ratio))
+    n_right = min(right, max(round(ratio * n_wrong), min_right))
+    return n_wrong, n_right
 
 
 def store_counts(

@@ -56,7 +56,12 @@ def seal_phase1(
     files = shards.registered(session, run_id, "phase1")
     if not files:
         phase1 = build_phase1_set(
-            session, run_id, run.seed, contaminated(session, run_id, settings)
+            session,
+            run_id,
+            run.seed,
+            contaminated(session, run_id, settings),
+            settings.sampler.balance_ratio,
+            settings.sampler.balance_min_right,
         )
         store_counts(session, run_id, "phase1:", phase1.counts)
         rows = _rows(session, run_id, phase1.kept, "multi-turn", settings)
@@ -108,7 +113,14 @@ def seal_phase2(
         ]
         rows = _rows(session, run_id, kept, "rejection", settings)
         if joint:
-            phase1 = build_phase1_set(session, run_id, run.seed, drop)
+            phase1 = build_phase1_set(
+                session,
+                run_id,
+                run.seed,
+                drop,
+                settings.sampler.balance_ratio,
+                settings.sampler.balance_min_right,
+            )
             rows = _rows(session, run_id, phase1.kept, "multi-turn", settings) + rows
         files = shards.write(session, settings.common.data_dir, run_id, stage, rows)
     elif not again:

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dualphase.cli import app
-from dualphase.report import load_run
+from dualphase.report import load_run, render_markdown
 from shared.core.db import (
     CheckpointRow,
     EvalResult,
@@ -123,3 +123,37 @@ def test_report_of_a_run_without_results_names_the_run(sqlite_url: str) -> None:
     with make_sessionmaker(engine)() as session, pytest.raises(ValueError, match="'nope'"):
         load_run(session, "nope")
     engine.dispose()
+
+
+def test_the_report_pairs_each_stage_with_the_model_it_improves_on(sqlite_url: str) -> None:
+    """M0 right on problems 0-1 of 10, M1 on 0-8: 7 discordant pairs, all for M1, so the exact
+    McNemar p-value is 2 * (1/2)^7 = 0.015625 and the difference is +70 points."""
+    run_id = "paired"
+    engine = make_engine(sqlite_url)
+    with transaction(make_sessionmaker(engine)) as session:
+        session.add(CheckpointRow(id="ck-m1", run_id=run_id, stage="M1", path="/x"))
+        for ck, right in ((BASE_CHECKPOINT_ID, 2), ("ck-m1", 9)):
+            key = dict(run_id=run_id, checkpoint_id=ck, benchmark="synthetic", mode="base")
+            summary = dict(key, problems=10, samples=1, accuracy=right / 10, ci95=0.0)
+            insert_ignore(session, EvalResult, [dict(summary, mean_tokens=5, median_tokens=5)])
+            insert_ignore(
+                session,
+                EvalSampleRow,
+                [
+                    dict(
+                        key,
+                        problem_id=str(p),
+                        sample=0,
+                        turns=["."],
+                        tokens=5,
+                        extracted="",
+                        correct=p < right,
+                    )
+                    for p in range(10)
+                ],
+            )
+    with make_sessionmaker(engine)() as session:
+        markdown = render_markdown(load_run(session, run_id))
+    line = next(ln for ln in markdown.splitlines() if "| M1 - M0 |" in ln)
+    assert "| synthetic | M1 - M0 | 10 | +70.0 pts" in line
+    assert "p=0.016 (McNemar, 7 vs 0 discordant)" in line

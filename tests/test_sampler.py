@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sampler_svc import handler as sampler
-from sampler_svc.balance import build_phase1_set
+from sampler_svc.balance import balanced_counts, build_phase1_set
 from sampler_svc.decontam import Decontaminator, benchmark_questions
 from sampler_svc.rounds import pending_jobs
 from sampler_svc.sealing import seal_phase1, seal_phase2
@@ -656,3 +656,20 @@ def test_sampler_killed_mid_round_loses_and_repeats_no_round(
 if __name__ == "__main__":
     if sys.argv[1:2] == ["worker"]:
         worker_main(*sys.argv[2:8])
+
+
+@pytest.mark.parametrize(
+    ("right", "wrong", "ratio", "min_right", "kept"),
+    [
+        (10, 4, 1.0, 0, (4, 4)),  # the paper: 1:1
+        (3, 9, 1.0, 0, (3, 3)),
+        (10, 0, 1.0, 0, (0, 0)),  # no self-correction at all: the paper keeps nothing
+        (10, 0, 1.0, 6, (0, 6)),  # ... a floor of right ones keeps a phase-1 set
+        (10, 4, 2.0, 0, (4, 8)),  # two right per wrong
+        (5, 4, 2.0, 0, (2, 4)),
+    ],
+)
+def test_phase1_balance_keeps_the_paper_ratio_unless_relaxed(
+    right: int, wrong: int, ratio: float, min_right: int, kept: tuple[int, int]
+) -> None:
+    assert balanced_counts(right, wrong, ratio, min_right) == kept

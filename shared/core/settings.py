@@ -181,6 +181,19 @@ class SamplerSettings(BaseModel):
         description="How the source marker is rendered: system prompt, response prefix, "
         "or not at all (ablation).",
     )
+    balance_ratio: float = Field(
+        1.0,
+        gt=0,
+        description="Phase-1 balance: initial-right samples kept per initial-wrong one. 1 is "
+        "the paper's 1:1; any other value is a deviation the run's report names.",
+    )
+    balance_min_right: int = Field(
+        0,
+        ge=0,
+        description="Phase-1 balance: keep at least this many initial-right samples even where "
+        "initial-wrong ones are scarce (a model that rarely self-corrects). 0 is the paper's "
+        "strict balance; more is a deviation the run's report names.",
+    )
     mode: Literal["joint", "sequential"] = Field(
         "joint", description="joint: train M0 on phase 1 + phase 2; sequential: continue from M1."
     )
