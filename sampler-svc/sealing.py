@@ -66,11 +66,41 @@ def seal_phase1(
         store_counts(session, run_id, "phase1:", phase1.counts)
         rows = _rows(session, run_id, phase1.kept, "multi-turn", settings)
         files = shards.write(session, settings.common.data_dir, run_id, "phase1", rows)
+        out = [shards.manifest(run_id, "phase1", files, settings.inference.model)]
+    else:
+        out = [shards.manifest(run_id, "phase1", files, settings.inference.model)] if again else []
+    if settings.sampler.oracle:
+        out += seal_oracle(session, run_id, settings, again)
+    return [m for manifest in out for m in _unless_trained(session, manifest)]
+
+
+def seal_oracle(session: Session, run_id: str, settings: Settings, again: bool) -> list[Message]:
+    """The oracle arm's shard: the reference solution of every problem of the run that has one
+    (decontaminated), without a marker, trained from the base model like M1."""
+    files = shards.registered(session, run_id, "oracle")
+    if not files:
+        drop = contaminated(session, run_id, settings)
+        problems = session.scalars(
+            select(Problem)
+            .where(Problem.run_id == run_id, Problem.solution != "")
+            .order_by(Problem.phase, Problem.problem_id)
+        ).all()
+        system = load_prompts(settings.generator.prompt_version).system
+        rows = [
+            {
+                **render(system, p.question, p.solution, "oracle", settings.sampler),
+                "source": "oracle",
+                "run_id": run_id,
+                "problem_id": p.problem_id,
+                "sample_id": f"{p.problem_id}:oracle",
+            }
+            for p in problems
+            if p.problem_id not in drop
+        ]
+        files = shards.write(session, settings.common.data_dir, run_id, "oracle", rows)
     elif not again:
         return []
-    return _unless_trained(
-        session, shards.manifest(run_id, "phase1", files, settings.inference.model)
-    )
+    return [shards.manifest(run_id, "oracle", files, settings.inference.model)]
 
 
 def seal_phase2(

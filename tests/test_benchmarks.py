@@ -150,3 +150,18 @@ def test_synthetic_benchmark_is_held_out_from_demo_training_problems() -> None:
     assert len(held_out) == 50 and all(p.gold.lstrip("-").isdigit() for p in held_out)
     training = {p.question for seed in range(5) for p in demo_problems(200, seed)}
     assert not training & {p.question for p in held_out}
+
+
+def test_synthetic_answers_are_not_in_the_question_and_reference_solutions_are_right() -> None:
+    import re
+
+    from shared.datasets.synthetic import make_problems
+    from shared.method.grading import last_boxed
+
+    problems = make_problems(500, seed=5)
+    assert {p.level for p in problems} == {1, 2, 3, 4, 5}
+    for p in problems:
+        assert str(p.answer) not in re.findall(r"\d+", p.question), p.question
+        assert last_boxed(p.solution) == str(p.answer)
+        assert len(p.solution.splitlines()) == p.level + 2  # start, one line per step, answer
+    assert make_problems(20, seed=5) == problems[:20]  # a function of the seed

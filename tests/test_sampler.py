@@ -673,3 +673,32 @@ def test_phase1_balance_keeps_the_paper_ratio_unless_relaxed(
     right: int, wrong: int, ratio: float, min_right: int, kept: tuple[int, int]
 ) -> None:
     assert balanced_counts(right, wrong, ratio, min_right) == kept
+
+
+def test_the_oracle_arm_trains_on_reference_solutions_without_a_marker(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    sessions = make_sessionmaker(make_engine(sqlite_url))
+    settings = make_settings(tmp_path, oracle=True)
+    pids = ["p0", "p1"]
+    run_id = add_run(sessions, phase1=[(p, f"Question {p}?", "1") for p in pids])
+    with sessions.begin() as session:  # p0 has a reference solution, p1 has none
+        problem = session.scalars(select(Problem).where(Problem.problem_id == "p0")).one()
+        problem.solution = "1 + 0 = 1.\nThe answer is \\boxed{1}."
+    published = []
+    for i, pid in enumerate(pids):
+        msg = phase1_verdicts(run_id, pid, "WR" if i else "RR")
+        with sessions.begin() as session:
+            add_generations(session, phase1_job(run_id, pid), [["1", "Review.", f"{CHECKS} 1"]])
+            published += sampler.on_verdicts(session, msg, settings)
+    assert [m.stage for m in published] == ["phase1", "oracle"]
+    oracle = published[1]
+    assert oracle.base_model == settings.inference.model  # from the base model, like M1
+    (row,) = read_rows(oracle.files[0].path)
+    assert row["source"] == "oracle" and row["problem_id"] == "p0"
+    assert row["completion"][0]["content"] == "1 + 0 = 1.\nThe answer is \\boxed{1}."
+    system = row["prompt"][0]["content"]
+    assert settings.sampler.marker_multi_turn not in system  # a control: no marker
+    with sessions.begin() as session:  # announced once; the reconciler announces it again
+        assert sampler.on_verdicts(session, msg, settings) == []
+        assert [m.stage for m in reconcile(session, settings)] == ["phase1", "oracle"]

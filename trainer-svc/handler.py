@@ -111,7 +111,7 @@ def checkpoint_id(manifest: ShardManifest) -> str:
 
 def checkpoint_stage(manifest: ShardManifest) -> str:
     """Phase-1 data makes M1; phase-2 data (sequential) and merged data (joint) make M2."""
-    return "M1" if manifest.stage == "phase1" else "M2"
+    return {"phase1": "M1", "oracle": "oracle"}.get(manifest.stage, "M2")
 
 
 def output_dir(data_dir: Path, manifest: ShardManifest) -> Path:

@@ -63,6 +63,9 @@ class Problem(Base):
     gold: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(256), default="", comment="file:line or dataset")
     dataset: Mapped[str] = mapped_column(String(64), default="")
+    solution: Mapped[str] = mapped_column(
+        Text, default="", comment="Reference solution, if the problem has one (the oracle arm)."
+    )
 
 
 class GenerationRow(Base):

@@ -151,7 +151,7 @@ class ShardManifest(Message):
     """On ``training-shards``: a sealed set of shard files to train on."""
 
     shard_id: str
-    stage: Literal["phase1", "phase2", "joint"]
+    stage: Literal["phase1", "phase2", "joint", "oracle"]
     base_model: str = Field(description="Model (or checkpoint path) training starts from.")
     parent_checkpoint_id: str = ""
     files: list[ShardFile]
@@ -161,7 +161,7 @@ class CheckpointReady(Message):
     """On ``checkpoints``: a trained model is ready for sampling and evaluation."""
 
     checkpoint_id: str
-    stage: Literal["M0", "M1", "M2"]
+    stage: Literal["M0", "M1", "M2", "oracle"]
     path: str
     parent_checkpoint_id: str = ""
     shard_id: str = ""

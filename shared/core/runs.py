@@ -48,6 +48,7 @@ class ProblemSpec:
     gold: str
     dataset: str = ""
     source: str = ""
+    solution: str = ""  # a reference solution, for the oracle arm
 
 
 def phase1_job(run_id: str, problem: Problem, settings: Settings, seed: int) -> ProblemJob:
@@ -120,6 +121,7 @@ def submit_run(
             gold=p.gold,
             dataset=p.dataset,
             source=p.source,
+            solution=p.solution,
         )
         for phase, specs in ((1, phase1), (2, phase2))
         for p in specs
@@ -242,9 +244,10 @@ def _dialogue(job: ProblemJob, rows: list[GenerationRow]) -> Dialogue:
 
 def run_progress(sessions: sessionmaker[Session], run_id: str) -> dict[str, tuple[int, int]]:
     """(done, total) per stage of a run, read from the database. The stages are the run's own:
-    its config snapshot says whether it has one phase or two."""
+    its config snapshot says whether it has one phase or two, and an oracle arm or not."""
     with sessions() as s:
-        phases = s.get_one(Run, run_id).config.get("sampler", {}).get("phases", 2)
+        sampler = s.get_one(Run, run_id).config.get("sampler", {})
+        phases, oracle = sampler.get("phases", 2), sampler.get("oracle", False)
 
         def count(stmt: Select) -> int:
             return s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
@@ -276,7 +279,7 @@ def run_progress(sessions: sessionmaker[Session], run_id: str) -> dict[str, tupl
                     CheckpointRow.status == "ready",
                 )
             )
-            for stage in ("M1", "M2")
+            for stage in ("M1", "M2", "oracle")
         }
         evaluated = count(
             select(EvalResult.checkpoint_id).distinct().where(EvalResult.run_id == run_id)
@@ -292,6 +295,10 @@ def run_progress(sessions: sessionmaker[Session], run_id: str) -> dict[str, tupl
     if phases == 1:  # the one-phase ablation ends with M1
         del stages["phase 2: problems solved or exhausted"], stages["M2 trained"]
         stages["models evaluated (M0, M1, M2)"] = (evaluated, 2)
+    if oracle:  # one more model to train and to evaluate
+        done, total = stages.pop("models evaluated (M0, M1, M2)")
+        stages["oracle arm trained"] = (ckpts["oracle"], 1)
+        stages["models evaluated (M0, M1, M2, oracle)"] = (done, total + 1)
     return stages
 
 

@@ -215,6 +215,12 @@ class SamplerSettings(BaseModel):
         "and evaluation, when it was trained on both sources (a checkpoint trained on one gets "
         "that one; the base model gets the plain prompt).",
     )
+    oracle: bool = Field(
+        False,
+        description="Also train the oracle arm: the base model on the reference solutions of "
+        "the run's problems (those that have one), with the same trainer settings, evaluated "
+        "like M1 and M2. A positive control: how far training can move the metric.",
+    )
     phases: Literal[1, 2] = Field(
         2, description="2: both phases (M0 -> M1 -> M2); 1: stop after phase 1 (ablation)."
     )

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from shared.core.db import ShardRow, insert_ignore
 from shared.core.messages import ShardFile, ShardManifest
 
-Stage = Literal["phase1", "phase2", "joint"]
+Stage = Literal["phase1", "phase2", "joint", "oracle"]
 
 
 class ChatMessage(BaseModel):
@@ -54,7 +54,7 @@ class ShardSample(BaseModel):
 
     prompt: list[ChatMessage] = Field(min_length=1)
     completion: list[ChatMessage] = Field(min_length=1)
-    source: Literal["multi-turn", "rejection"]
+    source: Literal["multi-turn", "rejection", "oracle"]
     run_id: str
     problem_id: str
     sample_id: str

@@ -22,7 +22,9 @@ from shared.datasets.synthetic import make_problems
 def demo_problems(count: int, seed: int = 0) -> list[ProblemSpec]:
     """The embedded demo: synthetic arithmetic word problems of graded difficulty."""
     return [
-        ProblemSpec(p.id, p.question, str(p.answer), "synthetic", f"synthetic:level{p.level}")
+        ProblemSpec(
+            p.id, p.question, str(p.answer), "synthetic", f"synthetic:level{p.level}", p.solution
+        )
         for p in make_problems(count, seed)
     ]
 
@@ -72,7 +74,8 @@ def parse_problems(raw: bytes, path: str) -> list[ProblemSpec]:
                 f"{where}: field 'question': same question as line {seen[key]}"
             )
         seen[key] = lineno
-        specs.append(ProblemSpec(pid, question, gold, row.get("dataset", dataset), where))
+        solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
+        specs.append(ProblemSpec(pid, question, gold, row.get("dataset", dataset), where, solution))
     if not specs:
         raise DatasetFormatError(f"{path}: no problems")
     return specs

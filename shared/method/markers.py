@@ -20,17 +20,20 @@ from typing import Any, Literal
 
 from shared.core.settings import SamplerSettings
 
-Source = Literal["multi-turn", "rejection"]
+# oracle: the reference solutions of the oracle arm, a control trained without a marker.
+Source = Literal["multi-turn", "rejection", "oracle"]
 Message = dict[str, str]
 
 
 def marker(source: Source, settings: SamplerSettings) -> str:
+    if source == "oracle":
+        return ""
     return settings.marker_multi_turn if source == "multi-turn" else settings.marker_rejection
 
 
 def system_content(system_prompt: str, source: Source, settings: SamplerSettings) -> str:
     """The system prompt, with the marker appended when markers go into the system prompt."""
-    if settings.marker_style != "system":
+    if settings.marker_style != "system" or not marker(source, settings):
         return system_prompt
     return (
         f"{system_prompt}\n{marker(source, settings)}"
@@ -43,7 +46,7 @@ def render(
     system_prompt: str, question: str, answer: str, source: Source, settings: SamplerSettings
 ) -> dict[str, list[Message]]:
     """One sample as TRL's conversational prompt-completion pair, marker rendered as configured."""
-    if settings.marker_style == "prefix":
+    if settings.marker_style == "prefix" and marker(source, settings):
         answer = f"{marker(source, settings)}\n{answer}"
     return {
         "prompt": [
@@ -76,7 +79,7 @@ def prompt_manifest(rows: Iterable[dict[str, Any]], settings: SamplerSettings) -
         mark = marker(row["source"], settings)
         sources[row["source"]] = {
             "system": first["content"] if first["role"] == "system" else "",
-            "prefix": mark if row["completion"][0]["content"].startswith(mark) else "",
+            "prefix": mark if mark and row["completion"][0]["content"].startswith(mark) else "",
         }
     return {"sources": sources}
 

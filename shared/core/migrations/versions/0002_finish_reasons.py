@@ -1,4 +1,5 @@
-"""generations.finish_reasons: why each turn stopped (stop, or length: cut at the token budget)
+"""generations.finish_reasons: why each turn stopped (stop, or length: cut at the token budget);
+problems.solution: the reference solution of a problem that has one (the oracle arm)
 
 Revision ID: 0002
 Revises: 0001
@@ -17,6 +18,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("problems", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column(
+                "solution",
+                sa.Text(),
+                nullable=False,
+                server_default="",
+                comment="Reference solution, if the problem has one (the oracle arm).",
+            )
+        )
     # Rows written before this revision did not record it: an empty list ("unknown").
     with op.batch_alter_table("generations", schema=None) as batch_op:
         batch_op.add_column(
@@ -33,3 +44,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("generations", schema=None) as batch_op:
         batch_op.drop_column("finish_reasons")
+    with op.batch_alter_table("problems", schema=None) as batch_op:
+        batch_op.drop_column("solution")
