@@ -51,9 +51,15 @@ def run(
             "synthetic demo problems."
         ),
     ] = None,
-    phase1: Annotated[int, typer.Option(help="Phase-1 problems in the run.")] = 24,
-    phase2: Annotated[int, typer.Option(help="Phase-2 problems in the run.")] = 24,
-    seed: Annotated[int, typer.Option(help="Run seed (problem draw, balancing, sampling).")] = 0,
+    phase1: Annotated[
+        int | None, typer.Option(help="Phase-1 problems in the run (default: run.phase1_problems).")
+    ] = None,
+    phase2: Annotated[
+        int | None, typer.Option(help="Phase-2 problems in the run (default: run.phase2_problems).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Run seed: problem draw, balancing, sampling (run.seed).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Give up after this many minutes.")] = 60,
 ) -> None:
     """Start the embedded stack, run the whole pipeline on a demo run, print the evaluation."""
@@ -67,6 +73,9 @@ def run(
     from shared.datasets.problems import DatasetFormatError, demo_problems, read_problem_file
 
     settings = load_settings(config or DEMO_CONFIG)
+    phase1 = settings.run.phase1_problems if phase1 is None else phase1
+    phase2 = settings.run.phase2_problems if phase2 is None else phase2
+    seed = settings.run.seed if seed is None else seed
     if problems is not None:
         try:  # all or nothing: a bad line fails before anything starts or is submitted
             specs = read_problem_file(problems)
@@ -74,7 +83,7 @@ def run(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
     else:
-        specs = demo_problems(phase1 + phase2, seed)
+        specs = demo_problems(phase1 + phase2, seed, tuple(settings.eval.synthetic_levels))
     with embedded_stack(settings) as (_broker, procs):
         sessions = make_sessionmaker(make_engine(settings.common.resolved_database_url()))
         publisher = Publisher(settings.common)

@@ -334,6 +334,15 @@ class EvalSettings(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     max_new_tokens: int = Field(4096, ge=1, description="Token budget per answer.")
     limit: int = Field(0, ge=0, description="Problems per benchmark (0 = all).")
+    limits: dict[str, int] = Field(
+        {}, description="Problems per benchmark by name, overriding limit (e.g. synthetic: 200)."
+    )
+    synthetic_levels: list[int] = Field(
+        [1, 2, 3, 4, 5],
+        min_length=1,
+        description="Levels (steps) of the synthetic problems: the held-out `synthetic` "
+        "benchmark and the problems `dualphase run` trains on.",
+    )
     modes: list[Literal["base", "think-twice", "self-rewarding"]] = Field(
         ["base"], description="Evaluation modes run on every checkpoint."
     )
@@ -344,6 +353,16 @@ class EvalSettings(BaseModel):
     seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
     grade_timeout_s: float = Field(5.0, gt=0, description="Time limit for grading one answer.")
     grade_workers: int = Field(1, ge=1, description="Grading worker processes.")
+
+
+class RunSettings(BaseModel):
+    """`dualphase run` without a problem file: how many synthetic problems each phase gets."""
+
+    phase1_problems: int = Field(24, ge=1, description="Problems of phase 1 (dialogues).")
+    phase2_problems: int = Field(
+        24, ge=0, description="Problems of phase 2 (rejection sampling), distinct from phase 1's."
+    )
+    seed: int = Field(0, description="Run seed: problem draw, balancing, sampling.")
 
 
 class Settings(BaseSettings):
@@ -360,6 +379,7 @@ class Settings(BaseSettings):
     sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="sampler")
     trainer: TrainerSettings = Field(default_factory=TrainerSettings, description="trainer")
     eval: EvalSettings = Field(default_factory=EvalSettings, description="eval")
+    run: RunSettings = Field(default_factory=RunSettings, description="dualphase run")
 
     @classmethod
     def settings_customise_sources(

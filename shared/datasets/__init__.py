@@ -72,12 +72,15 @@ def _rows(name: str, path: str | Path | None) -> Iterable[tuple[str, int, dict[s
 
 
 def load_benchmark(
-    name: str, path: str | Path | None = None, limit: int = 0
+    name: str,
+    path: str | Path | None = None,
+    limit: int = 0,
+    levels: tuple[int, ...] = (1, 2, 3, 4, 5),
 ) -> list[BenchmarkProblem]:
     """Problems of benchmark ``name`` from ``path`` (file, folder or hub id; default: the
-    configured datasets_dir), at most ``limit`` of them (0 = all)."""
+    configured datasets_dir), at most ``limit`` of them (0 = all); ``levels`` of ``synthetic``."""
     if name == "synthetic":
-        return held_out_synthetic(limit or SYNTHETIC_SIZE)
+        return held_out_synthetic(limit or SYNTHETIC_SIZE, levels)
     if name not in FORMATS:
         raise ValueError(f"unknown benchmark {name!r}; known: synthetic, {', '.join(FORMATS)}")
     problems = []
@@ -97,12 +100,14 @@ SYNTHETIC_SEED = 1_000_003
 SYNTHETIC_SIZE = 200
 
 
-def held_out_synthetic(count: int) -> list[BenchmarkProblem]:
+def held_out_synthetic(
+    count: int, levels: tuple[int, ...] = (1, 2, 3, 4, 5)
+) -> list[BenchmarkProblem]:
     from shared.datasets.synthetic import make_problems
 
     return [
         BenchmarkProblem(id=p.id, question=p.question, gold=str(p.answer), dataset="synthetic")
-        for p in make_problems(count, seed=SYNTHETIC_SEED)
+        for p in make_problems(count, seed=SYNTHETIC_SEED, levels=levels)
     ]
 
 

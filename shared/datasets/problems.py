@@ -19,13 +19,15 @@ from shared.datasets.rows import format_number
 from shared.datasets.synthetic import make_problems
 
 
-def demo_problems(count: int, seed: int = 0) -> list[ProblemSpec]:
+def demo_problems(
+    count: int, seed: int = 0, levels: tuple[int, ...] = (1, 2, 3, 4, 5)
+) -> list[ProblemSpec]:
     """The embedded demo: synthetic arithmetic word problems of graded difficulty."""
     return [
         ProblemSpec(
             p.id, p.question, str(p.answer), "synthetic", f"synthetic:level{p.level}", p.solution
         )
-        for p in make_problems(count, seed)
+        for p in make_problems(count, seed, levels)
     ]
 
 

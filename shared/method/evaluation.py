@@ -280,8 +280,12 @@ def evaluate(
 
 def load_benchmarks(config: EvalSettings) -> dict[str, list[BenchmarkProblem]]:
     """The configured benchmarks, ``config.limit`` problems each, from ``config.datasets_dir``."""
+    levels = tuple(config.synthetic_levels)
     return {
-        name: load_benchmark(name, config.datasets_dir, config.limit) for name in config.benchmarks
+        name: load_benchmark(
+            name, config.datasets_dir, config.limits.get(name, config.limit), levels
+        )
+        for name in config.benchmarks
     }
 
 
