@@ -99,6 +99,29 @@ def from_summaries(summaries: list[BenchmarkSummary], title: str) -> ReportData:
     return data
 
 
+def lengths(data: ReportData) -> Section:
+    """The phase-1 effect the paper names: mean response length of M1 (and M2) against M0's on
+    the same evaluation problems."""
+    cells = {(r.model, r.benchmark): r.mean_tokens for r in data.rows}
+    rows = []
+    for bench in data.benchmarks():
+        base = cells.get(("M0", bench))
+        for model in ("M1", "M2"):
+            if base and (model, bench) in cells:
+                ratio = cells[(model, bench)] / base
+                rows.append(
+                    [
+                        bench,
+                        f"{model} / M0",
+                        f"{cells[(model, bench)]:.0f} / {base:.0f}",
+                        f"{ratio:.2f}x",
+                    ]
+                )
+    note = "Mean generated tokens per answer on the same problems (the paper: phase 1 makes them "
+    note += "over 4 times longer)."
+    return Section("Response length", ["benchmark", "models", "tokens", "ratio"], rows, note)
+
+
 def _per_problem(samples: Iterable[tuple[str, bool]]) -> dict[str, float]:
     right: dict[str, list[bool]] = defaultdict(list)
     for problem_id, correct in samples:
@@ -239,6 +262,7 @@ def render_markdown(data: ReportData) -> str:
         lines += _markdown_section(section)
     lines += ["## Evaluation", "", _NOTE, "", *_markdown_table(header, body), ""]
     lines += _markdown_section(paired(data))
+    lines += _markdown_section(lengths(data))
     lines += [
         "",
         "![accuracy per stage](accuracy.png)",
@@ -274,6 +298,7 @@ table{{border-collapse:collapse}}</style></head>
 <h2>Evaluation</h2><p>{html.escape(_NOTE)}</p>
 {_html_table(header, body)}
 {_html_section(paired(data))}
+{_html_section(lengths(data))}
 <h2>Accuracy per stage</h2><img src="accuracy.png" alt="accuracy per stage">
 <h2>Response length per stage</h2><img src="lengths.png" alt="response length per stage">
 </body></html>
