@@ -98,6 +98,7 @@ PAPER = {
     ("sampler", "phases"): 2,
     ("verifier", "disabled_rules"): [],
     ("eval", "temperature"): 0.6,
+    ("generator", "sampling_example"): "",
 }
 
 
@@ -108,7 +109,7 @@ def deviations(session: Session, run_id: str) -> Section:
         return Section("Deviations from the paper", [], [])
     config: dict[str, Any] = run.config
     rows = [
-        [f"{section}.{name}", str(config.get(section, {}).get(name)), str(paper)]
+        [f"{section}.{name}", _short(config.get(section, {}).get(name)), _short(paper)]
         for (section, name), paper in PAPER.items()
         if config.get(section, {}).get(name) != paper
     ]
@@ -118,6 +119,11 @@ def deviations(session: Session, run_id: str) -> Section:
         f"with, marker '{marker}' where they saw both; the base model with the plain prompt."
     )
     return Section("Deviations from the paper", ["setting", "this run", "paper"], rows, note)
+
+
+def _short(value: object) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def story(session: Session, run_id: str) -> list[Section]:

@@ -35,6 +35,7 @@ def main() -> None:
             publisher.publish,
             stats,
             settings.sampler.inference_marker,
+            settings.generator.sampling_example,
         )
 
     consumer = Consumer.subscribe(

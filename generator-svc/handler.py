@@ -54,10 +54,14 @@ def turn_params(params: SamplingParams, turn: int) -> SamplingParams:
 
 
 def run_dialogues(
-    backend: Backend, prompts: Prompts, jobs: list[ProblemJob], prompt: InferencePrompt
+    backend: Backend,
+    prompts: Prompts,
+    jobs: list[ProblemJob],
+    prompt: InferencePrompt,
+    example: str = "",
 ) -> list[list[Generation]]:
     """Phase 1: solve, review, rewrite; each turn batched over all jobs (grouped by params)."""
-    convs = [prompt.conversation(job.question) for job in jobs]
+    convs = [prompt.conversation(job.question, example) for job in jobs]
     turns: list[list[str]] = [[] for _ in jobs]
     tokens: list[list[int]] = [[] for _ in jobs]
     finish: list[list[str]] = [[] for _ in jobs]
@@ -89,12 +93,12 @@ def run_dialogues(
 
 
 def run_samples(
-    backend: Backend, jobs: list[ProblemJob], prompt: InferencePrompt
+    backend: Backend, jobs: list[ProblemJob], prompt: InferencePrompt, example: str = ""
 ) -> list[list[Generation]]:
     """Phase 2: n independent single-turn solutions per job; sample i has seed + i."""
     out: list[list[Generation]] = [[] for _ in jobs]
     for idxs, params in _group_by_params(jobs, None):
-        convs = [prompt.conversation(jobs[i].question) for i in idxs]
+        convs = [prompt.conversation(jobs[i].question, example) for i in idxs]
         for i, result in zip(idxs, backend.chat(convs, params), strict=True):
             out[i] = [
                 Generation(
@@ -137,6 +141,7 @@ def handle_jobs(
     publish: Callable[[str, Dialogue], None],
     stats: GeneratorStats,
     marker: Source = "multi-turn",
+    example: str = "",
 ) -> None:
     """Generate what is new, store it, publish a dialogue per job (stored ones re-published).
     Jobs of cancelled runs are dropped. A job's model is prompted as it was trained (its prompt
@@ -158,8 +163,8 @@ def handle_jobs(
         start = time.perf_counter()
         dialogues = [j for j in group if j.kind == "dialogue"]
         samples = [j for j in group if j.kind == "sample"]
-        gens = run_dialogues(backend, prompts, dialogues, prompt)
-        gens += run_samples(backend, samples, prompt)
+        gens = run_dialogues(backend, prompts, dialogues, prompt, example)
+        gens += run_samples(backend, samples, prompt, example)
         stats.generate_seconds += time.perf_counter() - start
         tokens = sum(sum(g.tokens) for gs in gens for g in gs)
         stats.tokens += tokens

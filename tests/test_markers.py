@@ -106,3 +106,25 @@ def test_a_manifest_records_the_training_rows_prompt(tmp_path: Path) -> None:
     model = trained_checkpoint(tmp_path, settings, ["rejection", "multi-turn"])
     text = (model / PROMPT_MANIFEST).read_text()
     assert settings.marker_rejection in text and settings.marker_multi_turn in text
+
+
+def test_a_sampling_example_goes_before_the_question_in_generation_only(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    example = "Sam has 5 pens and gets 3 more. 5 + 3 = 8. The answer is \\boxed{8}."
+    backend = RecordingBackend()
+    job = sampling_job(tmp_path / "no-model")  # no prompt manifest: the base model's prompt
+    handle_jobs(
+        [job],
+        make_sessionmaker(make_engine(sqlite_url)),
+        lambda _m: backend,
+        load_prompts("v1"),
+        lambda _topic, _d: None,
+        GeneratorStats(),
+        example=example,
+    )
+    ((conversations, _params),) = backend.calls
+    assert conversations[0] == [
+        {"role": "system", "content": PLAIN},
+        {"role": "user", "content": f"{example}\n\n{job.question}"},
+    ]

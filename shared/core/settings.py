@@ -125,6 +125,13 @@ class GeneratorSettings(BaseModel):
     max_new_tokens: int = Field(512, ge=1, description="Token budget of each turn.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of the dialogue turns.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the dialogue turns.")
+    sampling_example: str = Field(
+        "",
+        description="A worked example put before the question in the prompts the generator "
+        "samples with (phase-1 turn 1 and phase-2 samples), for a model that does not state its "
+        "answer unprompted. Generation only: training rows and evaluation keep the plain "
+        "question, and the run's report names it as a deviation.",
+    )
     teacher_model: str = Field(
         "", description="If set, this model generates instead of the student (distilled baseline)."
     )

@@ -99,8 +99,10 @@ class InferencePrompt:
     source: str = ""  # "" for a model without a prompt manifest (the base model)
     prefix: str = ""  # the marker its responses start with (prefix style)
 
-    def conversation(self, question: str) -> list[Message]:
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": question}]
+    def conversation(self, question: str, example: str = "") -> list[Message]:
+        """System prompt and question; ``example`` (a worked example) goes before the question."""
+        user = f"{example.strip()}\n\n{question}" if example.strip() else question
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
 def inference_prompt(model: str, plain_system: str, preferred: Source) -> InferencePrompt:
