@@ -167,7 +167,7 @@ def load_run(session: Session, run_id: str) -> ReportData:
         return stages.get(checkpoint_id, checkpoint_id)
 
     results = sorted(results, key=lambda r: _order(stage(r.checkpoint_id), r.mode))
-    data = ReportData(f"Evaluation of run {run_id}", [])
+    data = ReportData(f"Run {run_id}", [])
     for r in results:
         data.rows.append(
             ReportRow(

@@ -98,6 +98,7 @@ PAPER = {
     ("sampler", "phases"): 2,
     ("verifier", "disabled_rules"): [],
     ("eval", "temperature"): 0.6,
+    ("eval", "samples"): 4,
     ("generator", "sampling_example"): "",
 }
 
