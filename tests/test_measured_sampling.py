@@ -55,7 +55,9 @@ def settings() -> Settings:
     s = Settings()
     s.inference.threads, s.inference.batch_size = 1, 8
     s.generator.max_new_tokens = 12
-    s.verifier.disabled_rules = ["boxed_answer"]
+    # This file is about how streams are drawn, on 12-token samples: a sample counts as correct
+    # by its grade alone, so the rules that need a finished, stated answer are off here.
+    s.verifier.disabled_rules = ["boxed_answer", "not_truncated", "explicit_answer"]
     s.verifier.min_tokens = 1
     return s
 
