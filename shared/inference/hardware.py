@@ -5,9 +5,10 @@ the device supports it. On a CPU, bfloat16 only where the CPU reports AMX or AVX
 torch's cpuinfo sees it) *and* a short matmul probe in this process finds bfloat16 at least as
 fast as float32. The probe is what catches a CPU whose bfloat16 kernels are emulated: an AVX2-only
 CPU, or one whose kernels are restricted (``ONEDNN_MAX_CPU_ISA=AVX2``), runs bfloat16 matmuls
-about 50 times slower than float32, and a CPU with AVX512-BF16 but no AMX was measured at 0.74x
-(docs/benchmarks.md), so neither gains from bfloat16. The margins either side are wide, so the
-probe's noise does not flip the choice.
+about 50 times slower than float32, and a CPU with AVX512-BF16 but no AMX was measured at
+0.72-0.89x (docs/benchmarks.md), so neither gains from bfloat16. The emulated case is far from the
+threshold; near it (AVX512-BF16 without AMX) the two dtypes generate within 10% of each other, so a
+noisy probe that picks either costs little.
 """
 
 from __future__ import annotations
