@@ -31,7 +31,7 @@ from shared.method.stats import format_difference, paired_difference
 
 STAGES = ("M0", "M1", "M2", "oracle")
 # (improved, baseline): each model against the one it improves on, and M2 against M0.
-COMPARISONS = (("M1", "M0"), ("M2", "M0"), ("M2", "M1"), ("oracle", "M0"), ("distilled", "M0"))
+COMPARISONS = (("M1", "M0"), ("M2", "M0"), ("M2", "M1"), ("oracle", "M0"))
 
 
 @dataclass
