@@ -34,10 +34,10 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 MATH = ROOT.parent / "shared" / "datasets" / "train" / "math_test_full.jsonl"
 
 
-def math_rows(n: int) -> list[dict[str, Any]]:
+def math_rows(n: int, path: Path = MATH) -> list[dict[str, Any]]:
     """The first n MATH problems as shard rows: real, and of very different lengths."""
     rows = []
-    with MATH.open() as f:
+    with path.open() as f:
         for line in f:
             item = json.loads(line)
             rows.append(

@@ -13,7 +13,7 @@ import torch
 from shared.core.settings import InferenceConfig, TrainerSettings
 from shared.inference import hardware
 from shared.inference.hardware import CpuBf16, choose_cpu, resolve_dtype
-from trainer_svc.train import use_bf16
+from trainer_svc.train import attention, use_bf16
 
 # Restricts torch's, oneDNN's and MKL's kernels to AVX2: bfloat16 is then emulated on any CPU.
 AVX2_ONLY = {
@@ -76,6 +76,17 @@ def test_trainer_bf16_auto_follows_the_same_rule(fake_cpu) -> None:
     assert use_bf16(TrainerSettings(bf16=True)) is True
     fake_cpu(amx=True, avx512_bf16=True, fp32=100.0, bf16=300.0)
     assert use_bf16(TrainerSettings()) is True
+
+
+def test_trainer_attention_auto_is_flex_only_on_a_gpu_with_packing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert attention(TrainerSettings(packing=True)) == "sdpa", "flex has no CPU backward"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert attention(TrainerSettings(packing=True)) == "flex_attention"
+    assert attention(TrainerSettings(packing=False)) == "sdpa"
+    assert attention(TrainerSettings(packing=True, attn_implementation="eager")) == "eager"
 
 
 def test_choose_cpu_needs_both_the_isa_and_the_probe() -> None:

@@ -107,11 +107,14 @@ def load_shard(files: list[str]) -> Dataset:
     return dataset.remove_columns(extra)
 
 
-def load_model(path: str, dtype: torch.dtype) -> PreTrainedModel:
+def load_model(path: str, dtype: torch.dtype, attention: str = "sdpa") -> PreTrainedModel:
     """A causal LM; an adapter checkpoint (sequential mode after LoRA) is merged into its base."""
     if (Path(path) / "adapter_config.json").is_file():
-        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        peft = AutoPeftModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attention
+        )
+        return peft.merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention)
 
 
 def use_bf16(settings: TrainerSettings) -> bool:
@@ -119,6 +122,13 @@ def use_bf16(settings: TrainerSettings) -> bool:
     if settings.bf16 == "auto":
         return resolve_dtype("auto").dtype == "bfloat16"
     return settings.bf16
+
+
+def attention(settings: TrainerSettings) -> str:
+    """The attention kernel: as set, or (auto) flex_attention where it pays (a GPU, packing)."""
+    if settings.attn_implementation != "auto":
+        return settings.attn_implementation
+    return "flex_attention" if torch.cuda.is_available() and settings.packing else "sdpa"
 
 
 def sft_config(settings: TrainerSettings, steps_dir: Path) -> SFTConfig:
@@ -224,7 +234,7 @@ def train(job: TrainJob, report: Callable[[dict[str, Any]], None] | None = None)
     tokenizer = AutoTokenizer.from_pretrained(job.model)
     callback = ProgressCallback(report or (lambda progress: None))
     trainer = SFTTrainer(
-        model=load_model(job.model, dtype),
+        model=load_model(job.model, dtype, attention(settings)),
         args=args,
         train_dataset=load_shard(job.files),
         processing_class=tokenizer,

@@ -268,6 +268,13 @@ class TrainerSettings(BaseModel):
         "the rule of inference.dtype auto (never on a CPU that emulates it).",
     )
     gradient_checkpointing: bool = Field(True, description="Trade compute for activation memory.")
+    attn_implementation: str = Field(
+        "auto",
+        description="transformers attention kernel of the trained model. auto: flex_attention "
+        "on a GPU with packing (it keeps packed rows apart without a dense mask: 6.3x sdpa's "
+        "tokens/s on an H200, docs/benchmarks.md), sdpa otherwise (flex has no CPU backward). "
+        "Or name one: sdpa, eager, flex_attention, flash_attention_2 (needs flash-attn).",
+    )
     save_steps: int = Field(100, ge=1, description="Save a resumable checkpoint every N updates.")
     save_total_limit: int = Field(2, ge=1, description="Resumable checkpoints kept per shard.")
     logging_steps: int = Field(10, ge=1, description="Log loss and tokens/s every N updates.")
