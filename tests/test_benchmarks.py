@@ -86,6 +86,26 @@ def test_tabmwp_builds_the_table_prompt(tmp_path: Path) -> None:
     assert rain.gold == "yes"
 
 
+def test_tabmwp_shipped_file_reads_gold_numbers_as_the_harness_does() -> None:
+    problems = {p.id: p for p in load_benchmark("tabmwp", BENCHMARKS)}
+    assert len(problems) == 1000
+    rows = [json.loads(line) for line in (BENCHMARKS / "tabmwp" / "test.jsonl").open()]
+    by_kind = {}
+    for row in rows:  # one row of each kind the file holds: a fraction, separators, decimals
+        answer = row["answer"]
+        kind = "/" if "/" in answer else "," if "," in answer else "." if "." in answer else ""
+        by_kind.setdefault((row["ans_type"], kind), row)
+    fraction = by_kind["decimal_number", "/"]
+    numerator, denominator = fraction["answer"].split("/")
+    assert float(problems[fraction["pid"]].gold) == int(numerator) / int(denominator)
+    thousands = by_kind["integer_number", ","]
+    assert problems[thousands["pid"]].gold == thousands["answer"].replace(",", "")
+    decimal = by_kind["decimal_number", "."]
+    assert problems[decimal["pid"]].gold == repr(float(decimal["answer"])).removesuffix(".0")
+    text = by_kind["extractive_text", ""]
+    assert problems[text["pid"]].gold == text["answer"]
+
+
 def test_training_pool_excludes_math500_problems() -> None:
     pool = load_training_pool(
         DATASETS / "train" / "math_test_full.jsonl",

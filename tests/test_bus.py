@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import signal
+import string
 import subprocess
 import sys
 import threading
@@ -34,7 +36,16 @@ from shared.core.bus import (
     topic_name,
 )
 from shared.core.db import Problem, Run, make_engine, make_sessionmaker, transaction
-from shared.core.messages import PROBLEMS, DeadLetter, Message, ProblemJob
+from shared.core.messages import (
+    DIALOGUES,
+    PROBLEMS,
+    DeadLetter,
+    Dialogue,
+    Generation,
+    Message,
+    ProblemJob,
+    SamplingParams,
+)
 from shared.core.settings import CommonSettings
 
 WORKER = Path(__file__).with_name("bus_worker.py")
@@ -347,3 +358,44 @@ def test_sigterm_finishes_message_in_hand_commits_and_exits_0(
     written = len(problem_ids(db_url, run_id))
     assert written < 40, "the worker finished before SIGTERM: the test proves nothing"
     assert committed_total(common, group(common)) == written
+
+
+def test_two_megabyte_phase2_result_goes_through_the_broker(common: CommonSettings) -> None:
+    # 100 samples of 20 kB of random letters: about 2 MB that compression cannot shrink below
+    # Kafka's default 1 MB limit, the size of one paper-scale round (100 samples x 4096 tokens).
+    rng = random.Random(0)
+    samples = [
+        Generation(
+            sample_id=f"j-{i}",
+            turns=["".join(rng.choices(string.ascii_letters + " ", k=20_000))],
+            tokens=[4096],
+            finish_reasons=["stop"],
+            seed=i,
+        )
+        for i in range(100)
+    ]
+    big = Dialogue(
+        run_id="run-big",
+        problem_id="p",
+        job_id="j",
+        phase=2,
+        round=2,
+        gold="1",
+        model="m",
+        prompt_version="v1",
+        params=SamplingParams(),
+        samples=samples,
+    )
+    assert len(big.to_bytes()) > 2_000_000
+    ensure_topics(common, [DIALOGUES])
+    publisher = Publisher(common)
+    publisher.publish(DIALOGUES, big)
+    publisher.close()
+
+    received: list[Dialogue] = []
+    consumer = Consumer(
+        common, DIALOGUES, group(common), Dialogue, received.append, Publisher(common)
+    )
+    with running(consumer):
+        wait_for(lambda: len(received) == 1, "the 2 MB message consumed")
+    assert received[0] == big

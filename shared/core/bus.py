@@ -77,7 +77,13 @@ def ensure_topics(common: CommonSettings, bases: list[str]) -> None:
                 if name in existing:
                     continue
                 try:
-                    admin.create_topics([NewTopic(name, common.partitions, 1)])
+                    topic = NewTopic(
+                        name,
+                        common.partitions,
+                        1,
+                        topic_configs={"max.message.bytes": str(common.max_message_bytes)},
+                    )
+                    admin.create_topics([topic])
                 except TopicAlreadyExistsError:
                     pass  # another service created it since list_topics
     finally:
@@ -99,6 +105,10 @@ class Publisher:
             # forgotten, and kafka-python then fails every send for good (measured on Tansu).
             # Duplicates are harmless here: every write is keyed.
             enable_idempotence=False,
+            # Model outputs compress well; the limit is for the rare round that still exceeds
+            # Kafka's 1 MB default (the broker and topics are raised to match).
+            compression_type="gzip",
+            max_request_size=common.max_message_bytes,
         )
 
     def publish(self, base_topic: str, message: Message) -> None:
@@ -224,6 +234,8 @@ class Consumer:
                 session_timeout_ms=self.common.session_timeout_ms,
                 heartbeat_interval_ms=self.common.session_timeout_ms // 3,
                 max_poll_interval_ms=MAX_HANDLER_S * 1000,
+                max_partition_fetch_bytes=self.common.max_message_bytes,
+                fetch_max_bytes=max(self.common.max_message_bytes, 50 * 2**20),
             )
             assignments = _Assignments()
             consumer.subscribe([self.topic], listener=assignments)

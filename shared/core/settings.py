@@ -52,6 +52,14 @@ class CommonSettings(BaseModel):
         ge=1000,
         description="Kafka consumer session timeout. Tansu's group joins take about half of it.",
     )
+    max_message_bytes: int = Field(
+        16 * 2**20,
+        ge=2**20,
+        description="Largest message on the bus, after compression (gzip): the producer's "
+        "request limit, each topic's max.message.bytes and the consumer's fetch size. A "
+        "phase-2 round of 100 samples of 4096 tokens is about 1.5 MB before compression; "
+        "compose raises the Kafka broker's own limit to match.",
+    )
     retry_backoff_s: float = Field(
         0.5, gt=0, description="First back-off after a retryable error (doubles, capped at 30 s)."
     )
