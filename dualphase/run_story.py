@@ -100,6 +100,7 @@ PAPER = {
     ("eval", "temperature"): 0.6,
     ("eval", "samples"): 4,
     ("generator", "sampling_example"): "",
+    ("generator", "stop_after_answer"): False,
 }
 
 

@@ -7,8 +7,10 @@ generation through the service is in tests/test_pipeline.py.
 from __future__ import annotations
 
 from generator_svc.handler import GeneratorStats, handle_jobs
-from shared.core.db import GenerationRow, make_engine, make_sessionmaker
+from shared.core.db import GenerationRow, Problem, make_engine, make_sessionmaker
 from shared.core.messages import Dialogue, ProblemJob, SamplingParams
+from shared.core.runs import phase1_job, phase2_job
+from shared.core.settings import Settings
 from shared.inference import ChatResult, Completion
 from shared.method.prompts import load_prompts
 
@@ -104,3 +106,11 @@ def test_redelivered_job_is_republished_from_the_database_not_generated_again(
         mine = GenerationRow.problem_id.in_(["p10", "p11"])
         rows = s.query(GenerationRow).filter(GenerationRow.run_id == "run-g", mine).count()
     assert rows == 2
+
+
+def test_stop_after_answer_reaches_phase2_samples_and_never_dialogues() -> None:
+    settings = Settings(generator={"stop_after_answer": True})
+    problem = Problem(run_id="r", problem_id="p", phase=2, question="1+1?", gold="2", dataset="x")
+    assert phase2_job("r", problem, 0, "m1", settings, seed=0).params.stop_after_answer
+    assert not phase1_job("r", problem, settings, seed=0).params.stop_after_answer
+    assert not phase2_job("r", problem, 0, "m1", Settings(), seed=0).params.stop_after_answer

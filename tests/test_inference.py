@@ -25,7 +25,7 @@ import pytest
 
 from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
-from shared.inference import Backend, ChatResult, load_backend
+from shared.inference import Backend, ChatResult, cut_after_answer, load_backend
 from shared.inference.model import EMBEDDED_NAME, prepare_embedded_model, resolve_model
 from shared.inference.openai import OpenAIError
 
@@ -128,6 +128,42 @@ def test_token_budget_gives_exact_count_and_length_finish(local: Backend) -> Non
     assert result.completions[0].tokens == 5
     assert result.completions[0].finish_reason == "length"
     assert local.count_tokens("Hello world") == 2
+
+
+def test_cut_after_answer_ends_at_the_first_complete_answer_line() -> None:
+    text = "3 + 5 = 8.\nThe answer is \\boxed{8}.\n\nThe answer is 9."
+    assert cut_after_answer(text) == ("3 + 5 = 8.\nThe answer is \\boxed{8}.", True)
+    assert cut_after_answer("So the Answer is 7\nmore") == ("So the Answer is 7", True)
+    assert cut_after_answer("\\boxed{4} since 2+2\nok") == ("\\boxed{4} since 2+2", True)
+    unfinished = "The answer is 8"  # the line has not ended: the model may still write more
+    assert cut_after_answer(unfinished) == (unfinished, False)
+    assert cut_after_answer("no answer\nhere\n") == ("no answer\nhere\n", False)
+
+
+# Greedy, this model states an answer and then writes on to its token limit.
+CARDS = [
+    {
+        "role": "user",
+        "content": "Example: Sam has 5 pens. Then Sam gets 3 more pens. How many pens does Sam "
+        "have now?\nSam starts with 5.\n5 + 3 = 8.\nThe answer is \\boxed{8}.\n\nSolve the "
+        'next problem the same way, one line per step, and end with "The answer is".\n\nAna has '
+        "9 cards. Then Ana gives away 3 cards. How many cards does Ana have now?",
+    }
+]
+
+
+def test_stop_after_answer_ends_the_row_where_its_answer_line_ends(local: Backend) -> None:
+    greedy = GREEDY.model_copy(update={"max_new_tokens": 64})
+    [[full]] = [r.completions for r in local.chat([CARDS], greedy)]
+    cut, answered = cut_after_answer(full.text)
+    assert answered and full.finish_reason == "length", "the premise: it runs on past its answer"
+    [[stopped]] = [
+        r.completions
+        for r in local.chat([CARDS], greedy.model_copy(update={"stop_after_answer": True}))
+    ]
+    assert stopped.text == cut, "the same tokens up to the answer line"
+    assert stopped.finish_reason == "stop"
+    assert stopped.tokens < full.tokens, "generation stopped there, not only the text"
 
 
 # --- openai backend against a real `transformers serve` ----------------------------------------

@@ -55,6 +55,11 @@ class SamplingParams(BaseModel):
     max_new_tokens: int = Field(512, ge=1)
     seed: int = Field(0, description="Base seed; sample i uses seed + i.")
     stop: list[str] = Field(default_factory=list)
+    stop_after_answer: bool = Field(
+        False,
+        description="End each sample at the end of its first line that states a final answer "
+        "('the answer is', \\boxed{}), as if that line ended with a stop string.",
+    )
 
 
 class ProblemJob(Message):

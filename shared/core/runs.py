@@ -97,6 +97,7 @@ def phase2_job(
             top_p=gen.top_p,
             max_new_tokens=gen.max_new_tokens,
             seed=seed + sum(schedule[:round_]),
+            stop_after_answer=gen.stop_after_answer,
         ),
     )
 

@@ -140,6 +140,13 @@ class GeneratorSettings(BaseModel):
         "answer unprompted. Generation only: training rows and evaluation keep the plain "
         "question, and the run's report names it as a deviation.",
     )
+    stop_after_answer: bool = Field(
+        False,
+        description="Phase-2 samples end at the end of the first line that states a final "
+        "answer ('the answer is', \\boxed{}), like a stop string. For a small model that "
+        "states an answer and then rambles on to the token limit; the run's report names it "
+        "as a deviation. Dialogues and evaluation are never cut.",
+    )
     teacher_model: str = Field(
         "", description="If set, this model generates instead of the student (distilled baseline)."
     )

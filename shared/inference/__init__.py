@@ -11,8 +11,9 @@ the model that wrote them. Sample ``i`` of every conversation is seeded with ``p
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
@@ -65,6 +66,46 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     """``text`` up to the first stop string (excluded, as OpenAI does), and whether one occurred."""
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
     return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+# A complete line (its newline written) that states a final answer.
+ANSWER_LINE = re.compile(r"(?i)(?:answer is|\\boxed\{)[^\n]*\n")
+
+
+def cut_after_answer(text: str) -> tuple[str, bool]:
+    """``text`` up to the end of its first complete line stating a final answer (newline
+    excluded), and whether it was cut there."""
+    match = ANSWER_LINE.search(text)
+    return (text[: match.end() - 1], True) if match else (text, False)
+
+
+def apply_stops(text: str, params: SamplingParams) -> tuple[str, bool]:
+    """``text`` cut at the stop strings and, if asked, after the answer line; whether it was."""
+    text, stopped = cut_at_stop(text, params.stop)
+    if params.stop_after_answer:
+        text, answered = cut_after_answer(text)
+        stopped = stopped or answered
+    return text, stopped
+
+
+class AnswerLineStop:
+    """Stopping criterion of ``generate``: a row is done once a line stating its final answer
+    has ended, so the batch stops spending compute on rows whose answer is written."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
+        import torch
+
+        last = self.tokenizer.batch_decode(input_ids[:, -1:])
+        done = [
+            "\n" in piece
+            and ANSWER_LINE.search(self.tokenizer.decode(row[self.prompt_length :])) is not None
+            for piece, row in zip(last, input_ids, strict=True)
+        ]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class SeededSampler:
@@ -162,9 +203,13 @@ class TransformersBackend:
         processors = []
         if params.temperature > 0:  # temperature 0 is greedy
             processors.append(SeededSampler(seeds, params.temperature, params.top_p, self.device))
+        criteria = []
+        if params.stop_after_answer:
+            criteria.append(AnswerLineStop(self.tokenizer, enc["input_ids"].shape[1]))
         with torch.inference_mode():
             out = self.model.generate(
                 **enc,
+                stopping_criteria=criteria,
                 do_sample=False,  # sampling happens in SeededSampler
                 max_new_tokens=params.max_new_tokens,
                 logits_processor=processors,
@@ -174,15 +219,15 @@ class TransformersBackend:
                 eos_token_id=sorted(self.eos_ids),
             )
         new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
-        return [self._completion(ids, params.stop) for ids in new_tokens]
+        return [self._completion(ids, params) for ids in new_tokens]
 
-    def _completion(self, ids: list[int], stop: list[str]) -> Completion:
+    def _completion(self, ids: list[int], params: SamplingParams) -> Completion:
         # A finished row is filled with padding; it ends at its first end-of-sequence or pad token
         # (the end-of-sequence token counts as generated, the padding does not).
         ends = self.eos_ids | {self.tokenizer.pad_token_id}
         end = next((k for k, t in enumerate(ids) if t in ends), None)
         tokens = len(ids) if end is None else end + (ids[end] in self.eos_ids)
         text = self.tokenizer.decode(ids[:tokens], skip_special_tokens=True)
-        text, stopped = cut_at_stop(text, stop)
+        text, stopped = apply_stops(text, params)
         finish = "stop" if end is not None or stopped else "length"
         return Completion(text=text, tokens=tokens, finish_reason=finish)

@@ -16,7 +16,7 @@ import httpx
 
 from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
-from shared.inference import ChatResult, Completion, Conversation, cut_at_stop
+from shared.inference import ChatResult, Completion, Conversation, apply_stops
 from shared.inference.model import model_identity
 
 MAX_BACKOFF_S = 30.0
@@ -74,8 +74,9 @@ class OpenAIBackend:
             body["stop"] = params.stop
         answer = self._post(body)
         choice = answer["choices"][0]
-        # Servers that ignore "stop" still get it applied here.
-        text, stopped = cut_at_stop(choice["message"].get("content") or "", params.stop)
+        # Servers that ignore "stop" still get it applied here (and the answer-line cut, which
+        # no server knows: the text after it was generated, but is dropped).
+        text, stopped = apply_stops(choice["message"].get("content") or "", params)
         usage = answer.get("usage") or {}
         tokens = usage.get("completion_tokens") or self.count_tokens(text)
         finish = "length" if choice.get("finish_reason") == "length" and not stopped else "stop"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
-from shared.inference import ChatResult, Completion, Conversation
+from shared.inference import ChatResult, Completion, Conversation, apply_stops
 from shared.inference.model import model_identity, resolve_model
 
 
@@ -63,8 +63,9 @@ class VLLMBackend:
         done = {}
         for row, output in zip(rows, outputs, strict=True):
             sample = output.outputs[0]
-            finish = "length" if sample.finish_reason == "length" else "stop"
-            done[row] = Completion(sample.text, len(sample.token_ids), finish)
+            text, stopped = apply_stops(sample.text, params)
+            finish = "length" if sample.finish_reason == "length" and not stopped else "stop"
+            done[row] = Completion(text, len(sample.token_ids), finish)
         return [
             ChatResult([done[c, i] for i in range(params.n)], self.model_id)
             for c in range(len(conversations))
