@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 from sqlalchemy import select
@@ -21,6 +22,7 @@ from shared.core.runs import phase1_job
 from shared.core.service import make_app
 from shared.core.settings import CommonSettings, Settings
 from shared.method.prompts import load_prompts
+from trainer_svc.app import gpu_check
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -194,3 +196,20 @@ def test_cancel_leaves_a_complete_run_complete(admin: Admin) -> None:
         s.get_one(Run, run_id).status = "complete"
     reply = admin.client.post(f"/runs/{run_id}/cancel", headers=AUTH)
     assert reply.json()["status"] == "complete"
+
+
+def test_readyz_fails_when_the_configured_gpus_are_not_usable(
+    admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    app = make_app(
+        "trainer-svc", admin.engine, admin.publisher, [], ready_checks=lambda: gpu_check(1)
+    )
+    reply = TestClient(app).get("/readyz")
+    assert reply.status_code == 503
+    assert "trainer.num_gpus is 1" in reply.json()["checks"]["gpu"]
+    assert reply.json()["checks"]["database"] == "ok"
+    assert gpu_check(0) == {}, "a CPU trainer has no GPU check"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert gpu_check(2) == {"gpu": "ok"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from shared.core.bus import Consumer
 from shared.core.messages import TRAINING_SHARDS, ShardManifest
 from shared.core.service import run_service, setup
@@ -13,6 +15,20 @@ from trainer_svc.handler import TrainerStats, handle_manifest
 from trainer_svc.train import use_bf16
 
 log = logging.getLogger(__name__)
+
+
+def gpu_check(num_gpus: int) -> dict[str, str]:
+    """Readiness of the GPUs the settings ask for: a trainer that would fall back to the CPU
+    (a CUDA build that does not match the driver, no device passed through) is not ready."""
+    if num_gpus == 0:
+        return {}
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if seen >= num_gpus:
+        return {"gpu": "ok"}
+    return {
+        "gpu": f"error: trainer.num_gpus is {num_gpus} but torch {torch.__version__} sees {seen} "
+        f"usable GPU(s) (CUDA build {torch.version.cuda})"
+    }
 
 
 def main() -> None:
@@ -27,6 +43,8 @@ def main() -> None:
         "reason": "set explicitly" if settings.trainer.bf16 != "auto" else hardware.reason,
     }
     log.info("trainer bf16 mixed precision %s: %s", precision["bf16"], precision["reason"])
+    if (gpus := gpu_check(settings.trainer.num_gpus)).get("gpu", "ok") != "ok":
+        log.error(gpus["gpu"])
     stats = TrainerStats()
 
     def handle(manifest: ShardManifest) -> None:
@@ -41,4 +59,5 @@ def main() -> None:
         publisher,
         [consumer],
         lambda: {**stats.as_dict(), "precision": precision},
+        ready_checks=lambda: gpu_check(settings.trainer.num_gpus),
     )

@@ -36,8 +36,10 @@ def make_app(
     consumers: list[Consumer],
     status: Callable[[], dict[str, Any]] = dict,
     routers: Sequence[APIRouter] = (),
+    ready_checks: Callable[[], dict[str, str]] = dict,
 ) -> FastAPI:
-    """The status app of one service, plus ``routers`` (the admin endpoints)."""
+    """The status app of one service, plus ``routers`` (the admin endpoints). ``ready_checks``
+    adds the service's own readiness checks (name -> "ok" or "error: ...")."""
     app = FastAPI(title=name)
     for router in routers:
         app.include_router(router)
@@ -57,6 +59,7 @@ def make_app(
         except Exception as exc:  # readiness reports any failure instead of raising
             checks["database"] = f"error: {exc}"
         checks["broker"] = "ok" if publisher.connected() else "error: not connected"
+        checks.update(ready_checks())
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
@@ -105,6 +108,7 @@ def run_service(
     consumers: list[Consumer],
     status: Callable[[], dict[str, Any]] = dict,
     routers: Sequence[APIRouter] = (),
+    ready_checks: Callable[[], dict[str, str]] = dict,
 ) -> None:
     """Serve the status app and run the consumers until SIGTERM/SIGINT.
 
@@ -112,7 +116,7 @@ def run_service(
     threads and are stopped when it returns, each after the message in hand.
     """
     server = serve_http(
-        make_app(name, engine, publisher, consumers, status, routers),
+        make_app(name, engine, publisher, consumers, status, routers, ready_checks),
         settings.common.http_host,
         port,
     )
