@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import yaml
@@ -27,6 +27,8 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEMO_CONFIG = CONFIGS / "demo.yaml"
+# What `init-env` generates into .env instead of the example's placeholders.
+SECRETS = ("ADMIN_TOKEN", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 
 ConfigOption = Annotated[
     Path | None,
@@ -97,6 +99,102 @@ def run(
     paths = report.report_run(settings, run_id)
     console.print(Markdown(paths[0].read_text().split("![")[0]))
     console.print(f"run {run_id} complete; report in {paths[0].parent}")
+
+
+@app.command()
+def submit(
+    problems: Annotated[
+        Path, typer.Option(help="JSONL problem file (formats of ../shared/datasets).")
+    ],
+    phase1: Annotated[
+        int | None, typer.Option(help="Phase-1 problems, from the top (default: half).")
+    ] = None,
+    phase2: Annotated[
+        int | None, typer.Option(help="Phase-2 problems after them (default: all the rest).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Run seed: balancing, sampling.")] = 0,
+    url: Annotated[
+        str,
+        typer.Option(help="sampler-svc's address (compose: `docker compose port sampler 8103`)."),
+    ] = "http://127.0.0.1:8103",
+    env_file: Annotated[
+        Path,
+        typer.Option(help="File whose ADMIN_TOKEN is sent (DUALPHASE_COMMON__ADMIN_TOKEN wins)."),
+    ] = Path(".env"),
+) -> None:
+    """Start a run on a running stack (compose, or services started with `serve`) through
+    sampler-svc's admin endpoint; prints the run id."""
+    import os
+
+    import httpx
+    from dotenv import dotenv_values
+
+    from shared.datasets.problems import DatasetFormatError, read_problem_file
+
+    try:  # checked here first, so a bad line is named before anything is sent
+        count = len(read_problem_file(problems))
+    except (DatasetFormatError, OSError) as exc:
+        _fail(str(exc), 2)
+    first = count // 2 if phase1 is None else phase1
+    total = count if phase2 is None else first + phase2
+    if total > count:
+        _fail(
+            f"{problems}: --phase1 {first} and --phase2 {total - first} ask for {total} "
+            f"problems, the file has {count}",
+            2,
+        )
+    lines = [line for line in problems.read_text().splitlines() if line.strip()][:total]
+    token = os.environ.get("DUALPHASE_COMMON__ADMIN_TOKEN") or (
+        dotenv_values(env_file).get("ADMIN_TOKEN") if env_file.is_file() else None
+    )
+    if not token:
+        _fail(
+            f"no admin token: ADMIN_TOKEN is not set in {env_file} (`dualphase init-env` "
+            "writes one) nor DUALPHASE_COMMON__ADMIN_TOKEN",
+            2,
+        )
+    body = {"problems": "\n".join(lines), "phase1": first, "seed": seed}
+    try:
+        reply = httpx.post(
+            f"{url.rstrip('/')}/runs",
+            json=body,
+            timeout=60,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach sampler-svc at {url}: {exc}", 1)
+    if reply.status_code != 201:
+        detail = (
+            reply.json().get("detail")
+            if reply.headers.get("content-type", "").startswith("application/json")
+            else reply.text[:500]
+        )
+        _fail(f"POST {url}/runs answered {reply.status_code}: {detail}", 1)
+    typer.echo(reply.json()["run_id"])
+
+
+@app.command("init-env")
+def init_env(
+    path: Annotated[Path, typer.Option(help="The file to write.")] = Path(".env"),
+) -> None:
+    """Write compose's .env from .env.example with a random admin token and random database
+    and Grafana passwords (never overwrites an existing file)."""
+    import re
+    import secrets
+
+    if path.exists():
+        _fail(f"{path} exists; not overwritten (delete it to start again)", 2)
+    text = (CONFIGS.parent / ".env.example").read_text()
+    for key in SECRETS:
+        text = re.sub(rf"^{key}=.*$", f"{key}={secrets.token_urlsafe(24)}", text, flags=re.M)
+    path.write_text(text)
+    path.chmod(0o600)
+    console.print(f"{path}: written, with a new {', '.join(SECRETS)}")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
 
 
 @db_app.command("upgrade")

@@ -4,22 +4,29 @@ client) on the real broker and the real databases."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+from dotenv import dotenv_values
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
 
+from dualphase.broker import free_port
+from dualphase.cli import app
 from generator_svc.handler import GeneratorStats, handle_jobs
 from sampler_svc.admin import admin_router
 from shared.core.bus import Publisher, ensure_topics, topic_name
 from shared.core.db import GenerationRow, Problem, Run, make_engine, make_sessionmaker
 from shared.core.messages import ALL_TOPICS, PROBLEMS, ProblemJob
 from shared.core.runs import phase1_job
-from shared.core.service import make_app
+from shared.core.service import make_app, serve_http
 from shared.core.settings import CommonSettings, Settings
 from shared.method.prompts import load_prompts
 from trainer_svc.app import gpu_check
@@ -213,3 +220,61 @@ def test_readyz_fails_when_the_configured_gpus_are_not_usable(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert gpu_check(2) == {"gpu": "ok"}
+
+
+def test_cli_submit_starts_a_run_on_a_running_sampler_with_the_env_token(
+    admin: Admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DUALPHASE_COMMON__ADMIN_TOKEN", raising=False)
+    port = free_port()
+    router = admin_router(admin.settings, admin.sessions, admin.publisher)
+    server = serve_http(
+        make_app("sampler-svc", admin.engine, admin.publisher, [], routers=[router]),
+        "127.0.0.1",
+        port,
+    )
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        problems = tmp_path / "problems.jsonl"
+        problems.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS_JSON))
+        env = tmp_path / ".env"
+        env.write_text(f"ADMIN_TOKEN={TOKEN}\n")
+        args = ["submit", "--problems", str(problems), "--phase1", "1", "--phase2", "1"]
+        args += ["--url", f"http://127.0.0.1:{port}", "--env-file", str(env)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        run_id = result.output.strip()
+        with admin.sessions() as s:
+            rows = s.execute(
+                select(Problem.problem_id, Problem.phase).where(Problem.run_id == run_id)
+            )
+            assert dict(rows.all()) == {"a": 1, "b": 2}, "the first 1 + 1 problems of the file"
+
+        with admin.sessions() as s:
+            before = s.query(Run).count()
+        env.write_text("ADMIN_TOKEN=wrong\n")
+        refused = CliRunner().invoke(app, args)
+        assert refused.exit_code == 1
+        assert refused.output.strip().splitlines() == [
+            f"error: POST http://127.0.0.1:{port}/runs answered 401: missing or wrong bearer token"
+        ]
+        too_many = CliRunner().invoke(app, [*args[:3], "--phase1", "3", "--phase2", "1", *args[7:]])
+        assert too_many.exit_code == 2 and "the file has 3" in too_many.output
+        with admin.sessions() as s:
+            assert s.query(Run).count() == before, "no run was created"
+    finally:
+        server.should_exit = True
+
+
+def test_init_env_writes_random_secrets_and_never_overwrites(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.env", tmp_path / "b.env"
+    for path in (first, second):
+        assert CliRunner().invoke(app, ["init-env", "--path", str(path)]).exit_code == 0
+    values = [dotenv_values(p) for p in (first, second)]
+    for key in ("ADMIN_TOKEN", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        assert len(values[0][key]) >= 24 and values[0][key] != values[1][key]
+    assert values[0]["POSTGRES_USER"] == "dualphase", "the rest is the example's"
+    assert first.stat().st_mode & 0o077 == 0, "readable by its owner only"
+    again = CliRunner().invoke(app, ["init-env", "--path", str(first)])
+    assert again.exit_code == 2 and dotenv_values(first) == values[0]
