@@ -218,6 +218,7 @@ class Consumer:
         self.dlq = 0
         self.retries = 0
         self.errors = 0
+        self.rejoins = 0  # fresh joins after a member kept no partitions (see _membership)
         self.current_key: str | None = None
         self.assigned: list[int] = []
         self.lag: dict[int, int] = {}
@@ -225,36 +226,58 @@ class Consumer:
     def run(self) -> None:
         """Consume until stop() (or SIGTERM/SIGINT in the main thread); then close."""
         with self._stop_on_signals():
-            consumer = KafkaConsumer(
-                bootstrap_servers=self.common.kafka_bootstrap,
-                group_id=self.group_id,
-                client_id=f"dualphase-{self.group_id}",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=self.common.session_timeout_ms,
-                heartbeat_interval_ms=self.common.session_timeout_ms // 3,
-                max_poll_interval_ms=MAX_HANDLER_S * 1000,
-                max_partition_fetch_bytes=self.common.max_message_bytes,
-                fetch_max_bytes=max(self.common.max_message_bytes, 50 * 2**20),
-            )
-            assignments = _Assignments()
-            consumer.subscribe([self.topic], listener=assignments)
-            try:
-                while not self._stop.is_set():
-                    polled = consumer.poll(timeout_ms=500, max_records=self.batch_size)
-                    if assignments.new:
-                        # What this poll returned is fetched again from the committed offsets.
-                        self._start_from_committed(consumer, assignments)
-                        continue
-                    if self.batch_size == 1:
-                        for tp, records in polled.items():
-                            self._consume_one(consumer, tp, records[0])
-                    elif polled:
-                        self._consume_batch(consumer, polled)
-                    self._refresh_lag(consumer)
-            finally:
-                consumer.close(autocommit=False)
+            while not self._stop.is_set():
+                self._membership()
         log.info("consumer %s on %s stopped", self.group_id, self.topic)
+
+    def _membership(self) -> None:
+        """One membership of the group: consume until stop(), or until the member has had no
+        partitions for ``common.rejoin_after_s`` after having had some. After a broker restart a
+        re-join sometimes never completes (SyncGroup unanswered, measured with Tansu and
+        kafka-python 3.0.12); a new member, joining afresh, gets partitions again."""
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.common.kafka_bootstrap,
+            group_id=self.group_id,
+            client_id=f"dualphase-{self.group_id}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.common.session_timeout_ms,
+            heartbeat_interval_ms=self.common.session_timeout_ms // 3,
+            max_poll_interval_ms=MAX_HANDLER_S * 1000,
+            max_partition_fetch_bytes=self.common.max_message_bytes,
+            fetch_max_bytes=max(self.common.max_message_bytes, 50 * 2**20),
+        )
+        assignments = _Assignments()
+        consumer.subscribe([self.topic], listener=assignments)
+        had_partitions, unassigned_since = False, 0.0
+        try:
+            while not self._stop.is_set():
+                polled = consumer.poll(timeout_ms=500, max_records=self.batch_size)
+                if assignments.new:
+                    # What this poll returned is fetched again from the committed offsets.
+                    self._start_from_committed(consumer, assignments)
+                    continue
+                if self.batch_size == 1:
+                    for tp, records in polled.items():
+                        self._consume_one(consumer, tp, records[0])
+                elif polled:
+                    self._consume_batch(consumer, polled)
+                self._refresh_lag(consumer)
+                now = time.monotonic()
+                if consumer.assignment():
+                    had_partitions, unassigned_since = True, 0.0
+                elif had_partitions:
+                    unassigned_since = unassigned_since or now
+                    if now - unassigned_since > self.common.rejoin_after_s:
+                        self.rejoins += 1
+                        log.warning(
+                            "%s: no partitions for %.0f s after a re-join; joining afresh",
+                            self.group_id,
+                            now - unassigned_since,
+                        )
+                        return
+        finally:
+            consumer.close(autocommit=False)
 
     def stop(self) -> None:
         """Ask run() to return after the message in hand (thread-safe, signal-safe)."""
@@ -289,6 +312,7 @@ class Consumer:
             "dlq": self.dlq,
             "retries": self.retries,
             "errors": self.errors,
+            "rejoins": self.rejoins,
             "current_key": self.current_key,
             "assigned_partitions": self.assigned,
             "lag": lag,

@@ -52,6 +52,13 @@ class CommonSettings(BaseModel):
         ge=1000,
         description="Kafka consumer session timeout. Tansu's group joins take about half of it.",
     )
+    rejoin_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="A consumer that had partitions and has had none for this long (a "
+        "re-join that never completed, seen after broker restarts) leaves and joins afresh. "
+        "Needs partitions >= replicas of a service, so that every member gets one.",
+    )
     max_message_bytes: int = Field(
         16 * 2**20,
         ge=2**20,
