@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from eval_svc.handler import handle
+from shared.core.budgets import generation_errors, stop_on_errors
 from shared.core.bus import Consumer
 from shared.core.messages import CHECKPOINTS, CheckpointReady
 from shared.core.service import run_service, setup
 from shared.core.settings import load_settings
 from shared.inference.hardware import inference_dtype
+from shared.inference.model import context_length
 
 
 def main() -> None:
     settings = load_settings()
     engine, sessions, publisher = setup(settings)
+    context = context_length(settings.inference)
+    stop_on_errors("eval-svc", generation_errors(settings, context) if context else [])
     dtype = inference_dtype(settings.inference)  # logged now, shown on /status
     counts = {"evaluations": 0}
 

@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from shared.core.budgets import training_warnings
 from shared.core.bus import Consumer
 from shared.core.messages import TRAINING_SHARDS, ShardManifest
 from shared.core.service import run_service, setup
@@ -43,6 +44,8 @@ def main() -> None:
         "reason": "set explicitly" if settings.trainer.bf16 != "auto" else hardware.reason,
     }
     log.info("trainer bf16 mixed precision %s: %s", precision["bf16"], precision["reason"])
+    for warning in training_warnings(settings):
+        log.warning(warning)
     if (gpus := gpu_check(settings.trainer.num_gpus)).get("gpu", "ok") != "ok":
         log.error(gpus["gpu"])
     stats = TrainerStats()

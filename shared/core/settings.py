@@ -105,6 +105,12 @@ class InferenceConfig(BaseModel):
         description="Where the embedded GGUF model is converted once into a safetensors folder.",
     )
     batch_size: int = Field(16, ge=1, description="Conversations per generate call.")
+    prompt_tokens: int = Field(
+        512,
+        ge=0,
+        description="Tokens reserved for the system prompt, the question and the instructions "
+        "of a turn when the services check at start-up that their budgets fit the context.",
+    )
     device: str = Field("auto", description="Torch device for the transformers backend.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",

@@ -108,3 +108,27 @@ def _hash_files(files: tuple[Path, ...], stamp: tuple) -> str:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def context_length(cfg: InferenceConfig) -> int | None:
+    """Tokens the configured model holds: the OpenAI server's ``max_model_len`` (vLLM lists it
+    under ``/v1/models``), else the model config's ``max_position_embeddings``; None if the
+    server does not say or cannot be reached."""
+    if cfg.backend == "openai":
+        import httpx
+
+        try:
+            reply = httpx.get(
+                cfg.openai_base_url.rstrip("/") + "/models",
+                headers={"Authorization": f"Bearer {cfg.openai_api_key}"},
+                timeout=10,
+            )
+            models = reply.json().get("data", []) if reply.is_success else []
+        except (httpx.HTTPError, ValueError):
+            return None
+        lengths = [m.get("max_model_len") for m in models if m.get("id") == cfg.model]
+        return int(lengths[0]) if lengths and lengths[0] else None
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model(cfg.model, cfg))
+    return getattr(config, "max_position_embeddings", None)
