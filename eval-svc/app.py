@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eval_svc.handler import handle
-from shared.core.budgets import generation_errors, stop_on_errors
+from shared.core.budgets import eval_errors, stop_on_errors
 from shared.core.bus import Consumer
 from shared.core.messages import CHECKPOINTS, CheckpointReady
 from shared.core.service import run_service, setup
@@ -16,7 +16,7 @@ def main() -> None:
     settings = load_settings()
     engine, sessions, publisher = setup(settings)
     context = context_length(settings.inference)
-    stop_on_errors("eval-svc", generation_errors(settings, context) if context else [])
+    stop_on_errors("eval-svc", eval_errors(settings, context) if context else [])
     dtype = inference_dtype(settings.inference)  # logged now, shown on /status
     counts = {"evaluations": 0}
 

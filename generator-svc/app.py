@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from generator_svc.handler import GeneratorStats, handle_jobs
-from shared.core.budgets import generation_errors, stop_on_errors
+from shared.core.budgets import generator_errors, stop_on_errors
 from shared.core.bus import Consumer
 from shared.core.messages import PROBLEMS, ProblemJob
 from shared.core.service import run_service, setup
@@ -20,7 +20,7 @@ def main() -> None:
     settings = load_settings()
     engine, sessions, publisher = setup(settings)
     context = context_length(settings.inference)
-    stop_on_errors("generator-svc", generation_errors(settings, context) if context else [])
+    stop_on_errors("generator-svc", generator_errors(settings, context) if context else [])
     dtype = inference_dtype(settings.inference)  # logged now, shown on /status
     prompts = load_prompts(settings.generator.prompt_version)
     stats = GeneratorStats()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.core.budgets import generation_errors, stop_on_errors, training_warnings
+from shared.core.budgets import eval_errors, generator_errors, stop_on_errors, training_warnings
 from shared.core.settings import InferenceConfig, Settings, load_settings
 from shared.inference.model import context_length
 
@@ -27,21 +27,28 @@ def compose_context() -> int:
     return int(re.search(r":-(\d+)\}", flag).group(1))
 
 
-def test_paper_config_fits_the_context_compose_serves() -> None:
-    paper = load_settings(ROOT / "configs" / "paper.yaml")
-    assert generation_errors(paper, compose_context()) == []
+@pytest.fixture
+def paper(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    # load_settings exports DUALPHASE_CONFIG for the services it starts: undone after the test.
+    monkeypatch.setenv("DUALPHASE_CONFIG", "")
+    return load_settings(ROOT / "configs" / "paper.yaml")
+
+
+def test_paper_config_fits_the_context_compose_serves(paper: Settings) -> None:
+    assert generator_errors(paper, compose_context()) == []
+    assert eval_errors(paper, compose_context()) == []
     assert training_warnings(paper) == []
 
 
-def test_a_budget_over_the_context_names_the_settings_and_stops_the_service() -> None:
-    paper = load_settings(ROOT / "configs" / "paper.yaml")
-    errors = generation_errors(paper, 16384)
+def test_a_budget_over_the_context_names_the_settings_and_stops_the_service(
+    paper: Settings,
+) -> None:
+    assert generator_errors(paper, 16384) == []
+    errors = eval_errors(paper, 16384)
     assert len(errors) == 2, errors  # think-twice (2 x 8192) and self-rewarding (3 x 8192)
     assert all(e.startswith("eval.max_new_tokens 8192: mode ") for e in errors)
     assert "'self-rewarding' holds 3 x 8192 + 512 = 25088 tokens" in errors[1]
-    third_turn = generation_errors(
-        Settings(generator={"max_new_tokens": 3000}, eval={"max_new_tokens": 1024}), 8192
-    )
+    third_turn = generator_errors(Settings(generator={"max_new_tokens": 3000}), 8192)
     assert third_turn == [
         "generator.max_new_tokens 3000: a dialogue's third turn holds 3 x 3000 + 512 = 9512 "
         "tokens, over the model's context (8192 tokens, inference.prompt_tokens 512 reserved)"
@@ -59,7 +66,9 @@ def test_training_rows_longer_than_max_length_are_warned_about() -> None:
 def test_context_length_of_the_embedded_model_and_of_an_openai_server(
     models_server: str,
 ) -> None:
-    assert context_length(InferenceConfig(model="embedded")) == 8192  # SmolLM2's config
+    assert context_length(InferenceConfig(model="embedded")) is None, "transformers: no limit"
+    in_process_vllm = InferenceConfig(model="embedded", backend="vllm")
+    assert context_length(in_process_vllm) == 8192  # SmolLM2's config
     served = InferenceConfig(backend="openai", model="m", openai_base_url=models_server)
     assert context_length(served) == 4096
     unknown = served.model_copy(update={"model": "other"})

@@ -18,24 +18,33 @@ log = logging.getLogger(__name__)
 EVAL_TURNS = {"base": 1, "think-twice": 2, "self-rewarding": 3}
 
 
-def generation_errors(settings: Settings, context: int) -> list[str]:
-    """What the generator's and the evaluator's budgets need beyond ``context`` tokens."""
-    g, e = settings.generator, settings.eval
+def _where(settings: Settings, context: int) -> str:
     reserve = settings.inference.prompt_tokens
-    where = f"the model's context ({context} tokens, inference.prompt_tokens {reserve} reserved)"
+    return f"the model's context ({context} tokens, inference.prompt_tokens {reserve} reserved)"
+
+
+def generator_errors(settings: Settings, context: int) -> list[str]:
+    """What the generator's budget needs beyond ``context`` tokens."""
+    g, reserve = settings.generator, settings.inference.prompt_tokens
+    if (need := 3 * g.max_new_tokens + reserve) <= context:
+        return []
+    return [
+        f"generator.max_new_tokens {g.max_new_tokens}: a dialogue's third turn holds 3 x "
+        f"{g.max_new_tokens} + {reserve} = {need} tokens, over {_where(settings, context)}"
+    ]
+
+
+def eval_errors(settings: Settings, context: int) -> list[str]:
+    """What the evaluator's budget needs beyond ``context`` tokens, in each mode it runs."""
+    e, reserve = settings.eval, settings.inference.prompt_tokens
     errors = []
-    if (need := 3 * g.max_new_tokens + reserve) > context:
-        errors.append(
-            f"generator.max_new_tokens {g.max_new_tokens}: a dialogue's third turn holds 3 x "
-            f"{g.max_new_tokens} + {reserve} = {need} tokens, over {where}"
-        )
     for mode in sorted(set(e.modes) | set(e.baseline_modes), key=EVAL_TURNS.get):
         need = EVAL_TURNS[mode] * e.max_new_tokens + reserve
         if need > context:
             errors.append(
                 f"eval.max_new_tokens {e.max_new_tokens}: mode {mode!r} holds "
                 f"{EVAL_TURNS[mode]} x {e.max_new_tokens} + {reserve} = {need} tokens, "
-                f"over {where}"
+                f"over {_where(settings, context)}"
             )
     return errors
 

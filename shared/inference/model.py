@@ -111,9 +111,12 @@ def _hash_files(files: tuple[Path, ...], stamp: tuple) -> str:
 
 
 def context_length(cfg: InferenceConfig) -> int | None:
-    """Tokens the configured model holds: the OpenAI server's ``max_model_len`` (vLLM lists it
-    under ``/v1/models``), else the model config's ``max_position_embeddings``; None if the
-    server does not say or cannot be reached."""
+    """Tokens the configured model holds where going past them fails: the OpenAI server's
+    ``max_model_len`` (vLLM lists it under ``/v1/models``; None if it does not say or cannot be
+    reached), or for in-process vLLM the model config's ``max_position_embeddings``. None for
+    transformers, which generates past it (with rotary positions, degraded but no error)."""
+    if cfg.backend == "transformers":
+        return None
     if cfg.backend == "openai":
         import httpx
 
