@@ -10,7 +10,8 @@ import yaml
 from rich.console import Console
 
 from shared.core.messages import SERVICES
-from shared.core.settings import load_settings
+from shared.core.settings import Settings, SettingsError
+from shared.core.settings import load_settings as _load_settings
 
 app = typer.Typer(
     help="Dual-phase self-evolved math reasoning: data, fine-tuning, evaluation.",
@@ -192,6 +193,14 @@ def init_env(
     console.print(f"{path}: written, with a new {', '.join(SECRETS)}")
 
 
+def load_settings(config: Path | None = None) -> Settings:
+    """The settings, or one line naming the file, line and field that are wrong (exit 2)."""
+    try:
+        return _load_settings(config)
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+
+
 def _fail(message: str, code: int) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -275,6 +284,7 @@ def eval_command(
     config: ConfigOption = None,
 ) -> None:
     """Evaluate one model on benchmarks without the services and print the table."""
+    from pydantic import ValidationError
     from rich.progress import Progress
     from rich.table import Table
 
@@ -291,10 +301,18 @@ def eval_command(
         modes=_csv(modes),
         datasets_dir=datasets_dir,
     )
-    eval_settings = EvalSettings.model_validate(
-        {**settings.eval.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
-    )
+    try:
+        eval_settings = EvalSettings.model_validate(
+            {**settings.eval.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        _fail(f"--{error['loc'][0]}: {error['msg']}, got {error.get('input')!r}", 2)
     settings = settings.model_copy(update={"eval": eval_settings})
+    try:  # a wrong name or a bad file is named before the model is loaded
+        evaluation.load_benchmarks(eval_settings)
+    except (ValueError, OSError) as exc:  # DatasetFormatError is a ValueError
+        _fail(str(exc), 2)
     steps = len(eval_settings.benchmarks) * len(eval_settings.modes)
     with Progress(console=console) as progress:
         task = progress.add_task("evaluating", total=steps)

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,7 +27,13 @@ from pydantic_settings import (
 CONFIG_ENV = "DUALPHASE_CONFIG"
 
 
-class CommonSettings(BaseModel):
+class Section(BaseModel):
+    """A settings section: an unknown field (a typo in YAML or a variable) is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CommonSettings(Section):
     """Settings every service reads: where the broker, the database and the files are."""
 
     data_dir: Path = Field(
@@ -87,7 +94,7 @@ class CommonSettings(BaseModel):
         return self.database_url or f"sqlite:///{(self.data_dir / 'dualphase.db').resolve()}"
 
 
-class InferenceConfig(BaseModel):
+class InferenceConfig(Section):
     """Which model generates text and through which backend."""
 
     backend: Literal["transformers", "vllm", "openai"] = Field(
@@ -136,7 +143,7 @@ class InferenceConfig(BaseModel):
     max_lora_rank: int = Field(64, ge=1, description="vLLM: largest LoRA rank an adapter may have.")
 
 
-class GeneratorSettings(BaseModel):
+class GeneratorSettings(Section):
     """generator-svc: phase-1 dialogues and phase-2 sampling jobs."""
 
     port: int = Field(8101, description="HTTP port of the status app.")
@@ -165,7 +172,7 @@ class GeneratorSettings(BaseModel):
     )
 
 
-class VerifierSettings(BaseModel):
+class VerifierSettings(Section):
     """verifier-svc: grading and rule filters."""
 
     port: int = Field(8102, description="HTTP port of the status app.")
@@ -199,7 +206,7 @@ class VerifierSettings(BaseModel):
     )
 
 
-class SamplerSettings(BaseModel):
+class SamplerSettings(Section):
     """sampler-svc: balancing, difficulty-aware rejection sampling, markers, shards."""
 
     port: int = Field(8103, description="HTTP port of the status app.")
@@ -261,7 +268,7 @@ class SamplerSettings(BaseModel):
     )
 
 
-class TrainerSettings(BaseModel):
+class TrainerSettings(Section):
     """trainer-svc: supervised fine-tuning with TRL's SFTTrainer.
 
     The defaults are the full fine-tuning setting for a 7B model on one 8-GPU host: learning rate
@@ -359,7 +366,7 @@ CPU_TINY: dict[str, object] = {
 }
 
 
-class EvalSettings(BaseModel):
+class EvalSettings(Section):
     """eval-svc: benchmarks and baselines."""
 
     port: int = Field(8105, description="HTTP port of the status app.")
@@ -397,7 +404,7 @@ class EvalSettings(BaseModel):
     grade_workers: int = Field(1, ge=1, description="Grading worker processes.")
 
 
-class RunSettings(BaseModel):
+class RunSettings(Section):
     """`dualphase run` without a problem file: how many synthetic problems each phase gets."""
 
     phase1_problems: int = Field(24, ge=1, description="Problems of phase 1 (dialogues).")
@@ -441,8 +448,27 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be read: one line naming the file (or variable), line and field."""
+
+
 def load_settings(config_file: Path | None = None) -> Settings:
     """Settings from the environment, and from ``config_file`` if given (exported to children)."""
     if config_file is not None:
         os.environ[CONFIG_ENV] = str(Path(config_file).resolve())
-    return Settings()
+    source = os.environ.get(CONFIG_ENV) or "the DUALPHASE_* environment"
+    try:
+        return Settings()
+    except FileNotFoundError as exc:
+        raise SettingsError(str(exc)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise SettingsError(f"{where}: not YAML: {getattr(exc, 'problem', exc)}") from None
+    except ValidationError as exc:
+        first, more = exc.errors()[0], len(exc.errors()) - 1
+        field = ".".join(str(part) for part in first["loc"])
+        also = f" (and {more} more)" if more else ""
+        raise SettingsError(
+            f"{source}: field '{field}': {first['msg']}, got {first.get('input')!r}{also}"
+        ) from None

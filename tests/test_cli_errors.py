@@ -1,0 +1,54 @@
+"""Bad input to the command line: one line naming the file, line and field (or the option),
+a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dualphase.cli import app
+
+
+@pytest.fixture(autouse=True)
+def _no_config_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DUALPHASE_CONFIG", "")  # --config exports it; undone after each test
+
+
+def one_error_line(args: list[str]) -> str:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("x: [\n", ":2: not YAML"),
+        ("inference:\n  batch_size: -3\n", "field 'inference.batch_size': Input should be"),
+        ("inference:\n  batchsize: 3\n", "field 'inference.batchsize': Extra inputs"),
+    ],
+)
+def test_a_bad_config_file_is_named_with_its_line_or_field(
+    tmp_path: Path, yaml_text: str, expected: str
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    line = one_error_line(["config", "show", "--config", str(config)])
+    assert str(config) in line and expected in line
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    line = one_error_line(["config", "show", "--config", str(tmp_path / "missing.yaml")])
+    assert "missing.yaml: no such file" in line
+
+
+def test_eval_names_an_unknown_benchmark_or_mode_before_loading_a_model() -> None:
+    line = one_error_line(["eval", "--benchmarks", "nosuch", "--limit", "1"])
+    assert "unknown benchmark 'nosuch'" in line
+    line = one_error_line(["eval", "--modes", "bogus", "--limit", "1"])
+    assert line.startswith("error: --modes: Input should be 'base'")
