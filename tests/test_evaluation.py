@@ -333,5 +333,6 @@ def test_eval_command_names_a_missing_benchmark_file(tmp_path: Path) -> None:
             str(tmp_path),
         ],
     )
-    assert result.exit_code != 0
-    assert "tabmwp" in str(result.exception) and str(tmp_path) in str(result.exception)
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()  # one line, no traceback
+    assert line.startswith("error: ") and "tabmwp" in line and str(tmp_path) in line

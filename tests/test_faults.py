@@ -466,7 +466,7 @@ def test_run_completes_when_the_broker_restarts_and_loses_queued_jobs(stack: Sta
     first = stack.wait_for(
         "a phase-2 generation after the restart",
         lambda: stack.count(GenerationRow, run_id) > 3,
-        240,
+        150,
     )
     stack.wait_complete(run_id, 300)
     total = time.monotonic() - restarted

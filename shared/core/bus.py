@@ -155,12 +155,15 @@ class _Assignments(ConsumerRebalanceListener):
 
     def __init__(self) -> None:
         self.new: set[TopicPartition] = set()
+        self.rebalancing_since = 0.0  # monotonic time a (re-)join began; 0 when none is open
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        pass
+        # Called as every join begins (the first one too, with nothing to revoke).
+        self.rebalancing_since = self.rebalancing_since or time.monotonic()
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.new |= set(assigned)
+        self.rebalancing_since = 0.0
 
 
 class Consumer:
@@ -231,9 +234,9 @@ class Consumer:
         log.info("consumer %s on %s stopped", self.group_id, self.topic)
 
     def _membership(self) -> None:
-        """One membership of the group: consume until stop(), or until the member has had no
-        partitions for ``common.rejoin_after_s`` after having had some. After a broker restart a
-        re-join sometimes never completes (SyncGroup unanswered, measured with Tansu and
+        """One membership of the group: consume until stop(), or until a (re-)join has been
+        open for ``common.rejoin_after_s``. After a broker restart a re-join sometimes never
+        completes (partitions revoked, SyncGroup never answered: measured with Tansu and
         kafka-python 3.0.12); a new member, joining afresh, gets partitions again."""
         consumer = KafkaConsumer(
             bootstrap_servers=self.common.kafka_bootstrap,
@@ -249,7 +252,6 @@ class Consumer:
         )
         assignments = _Assignments()
         consumer.subscribe([self.topic], listener=assignments)
-        had_partitions, unassigned_since = False, 0.0
         try:
             while not self._stop.is_set():
                 polled = consumer.poll(timeout_ms=500, max_records=self.batch_size)
@@ -263,19 +265,15 @@ class Consumer:
                 elif polled:
                     self._consume_batch(consumer, polled)
                 self._refresh_lag(consumer)
-                now = time.monotonic()
-                if consumer.assignment():
-                    had_partitions, unassigned_since = True, 0.0
-                elif had_partitions:
-                    unassigned_since = unassigned_since or now
-                    if now - unassigned_since > self.common.rejoin_after_s:
-                        self.rejoins += 1
-                        log.warning(
-                            "%s: no partitions for %.0f s after a re-join; joining afresh",
-                            self.group_id,
-                            now - unassigned_since,
-                        )
-                        return
+                since = assignments.rebalancing_since
+                if since and time.monotonic() - since > self.common.rejoin_after_s:
+                    self.rejoins += 1
+                    log.warning(
+                        "%s: a join open for %.0f s never completed; joining afresh",
+                        self.group_id,
+                        time.monotonic() - since,
+                    )
+                    return
         finally:
             consumer.close(autocommit=False)
 

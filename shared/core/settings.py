@@ -62,9 +62,8 @@ class CommonSettings(Section):
     rejoin_after_s: float = Field(
         30.0,
         gt=0,
-        description="A consumer that had partitions and has had none for this long (a "
-        "re-join that never completed, seen after broker restarts) leaves and joins afresh. "
-        "Needs partitions >= replicas of a service, so that every member gets one.",
+        description="A consumer whose group (re-)join has been open this long (partitions "
+        "revoked, none assigned: seen after broker restarts) leaves and joins afresh.",
     )
     max_message_bytes: int = Field(
         16 * 2**20,
