@@ -221,7 +221,7 @@ class Consumer:
         self.dlq = 0
         self.retries = 0
         self.errors = 0
-        self.rejoins = 0  # fresh joins after a member kept no partitions (see _membership)
+        self.rejoins = 0  # fresh joins after a join that never completed (see _membership)
         self.current_key: str | None = None
         self.assigned: list[int] = []
         self.lag: dict[int, int] = {}
