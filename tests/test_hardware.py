@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch
 from shared.core.settings import InferenceConfig, TrainerSettings
 from shared.inference import hardware
 from shared.inference.hardware import CpuBf16, choose_cpu, resolve_dtype
-from trainer_svc.train import attention, use_bf16
+from trainer_svc.train import attention, sft_config, use_bf16
 
 # Restricts torch's, oneDNN's and MKL's kernels to AVX2: bfloat16 is then emulated on any CPU.
 AVX2_ONLY = {
@@ -76,6 +77,16 @@ def test_trainer_bf16_auto_follows_the_same_rule(fake_cpu) -> None:
     assert use_bf16(TrainerSettings(bf16=True)) is True
     fake_cpu(amx=True, avx512_bf16=True, fp32=100.0, bf16=300.0)
     assert use_bf16(TrainerSettings()) is True
+
+
+def test_trainer_config_accepts_bf16_on_a_cpu_only_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # On a CPU with native bfloat16, trainer.bf16: auto is true; transformers then refused to
+    # train ("Your setup doesn't support bf16/gpu") and the job went to the dead-letter topic.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = sft_config(TrainerSettings(bf16=True), tmp_path)
+    assert args.bf16 and args.use_cpu
 
 
 def test_trainer_attention_auto_is_flex_only_on_a_gpu_with_packing(

@@ -144,6 +144,8 @@ def sft_config(settings: TrainerSettings, steps_dir: Path) -> SFTConfig:
         warmup_steps=s.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all updates
         weight_decay=s.weight_decay,
         bf16=use_bf16(s),
+        # transformers refuses bf16 without a GPU unless told the run is on the CPU.
+        use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=s.gradient_checkpointing,
         save_strategy="steps",
         save_steps=s.save_steps,
