@@ -160,9 +160,14 @@ def seal_phase2(
 
 
 def _unless_trained(session: Session, manifest: ShardManifest) -> list[Message]:
-    """The manifest, unless a checkpoint was already trained on it (nothing left to announce)."""
+    """The manifest, unless a checkpoint was trained on it (ready) or failed on it (an operator's
+    case, not a retry's). A row left at ``training`` by a trainer that crashed does not count:
+    the manifest is announced again, or that checkpoint would never be trained."""
     trained = session.scalar(
-        select(func.count()).where(CheckpointRow.shard_id == manifest.shard_id)
+        select(func.count()).where(
+            CheckpointRow.shard_id == manifest.shard_id,
+            CheckpointRow.status.in_(["ready", "failed"]),
+        )
     )
     return [] if trained else [manifest]
 

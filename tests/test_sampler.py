@@ -31,6 +31,7 @@ from shared.core import shards
 from shared.core.bus import Consumer, Publisher, ensure_topics, topic_name
 from shared.core.db import (
     AttemptCount,
+    CheckpointRow,
     GenerationRow,
     Problem,
     RuleCount,
@@ -306,6 +307,32 @@ def test_phase1_manifest_is_announced_once_when_the_verifier_wrote_every_verdict
             published += sampler.on_verdicts(session, msg, settings)
     (manifest,) = published
     assert isinstance(manifest, ShardManifest) and manifest.files[0].rows == 4
+
+
+@pytest.mark.parametrize(("status", "announced"), [("training", True), ("ready", False)])
+def test_a_manifest_whose_checkpoint_was_left_training_is_announced_again(
+    sqlite_url: str, tmp_path: Path, status: str, announced: bool
+) -> None:
+    # A trainer that crashed leaves its checkpoint row at "training"; if the broker also lost the
+    # manifest, only the reconciler can announce it again.
+    sessions = make_sessionmaker(make_engine(sqlite_url))
+    settings = make_settings(tmp_path)
+    run_id = add_run(sessions, phase1=[("p0", "Question p0?", "1")])
+    with sessions.begin() as session:
+        add_generations(session, phase1_job(run_id, "p0"), [["1", "Review.", f"{CHECKS} 1"]])
+        (manifest,) = sampler.on_verdicts(session, phase1_verdicts(run_id, "p0", "RR"), settings)
+        session.add(
+            CheckpointRow(
+                id=f"{run_id}-m1",
+                run_id=run_id,
+                stage="M1",
+                path="",
+                shard_id=manifest.shard_id,
+                status=status,
+            )
+        )
+    with sessions.begin() as session:
+        assert (manifest in reconcile(session, settings)) is announced
 
 
 def test_decontamination_drops_a_planted_benchmark_problem(db_url: str, tmp_path: Path) -> None:
