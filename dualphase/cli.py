@@ -69,7 +69,7 @@ def run(
     from rich.markdown import Markdown
 
     from dualphase import report
-    from dualphase.embedded import embedded_stack, follow_run
+    from dualphase.embedded import StackError, embedded_stack, follow_run
     from shared.core.bus import Publisher
     from shared.core.db import make_engine, make_sessionmaker
     from shared.core.runs import submit_run
@@ -87,16 +87,21 @@ def run(
             raise typer.Exit(2) from exc
     else:
         specs = demo_problems(phase1 + phase2, seed, tuple(settings.eval.synthetic_levels))
-    with embedded_stack(settings) as (_broker, procs):
-        sessions = make_sessionmaker(make_engine(settings.common.resolved_database_url()))
-        publisher = Publisher(settings.common)
-        run_id = submit_run(
-            settings, sessions, publisher, specs[:phase1], specs[phase1 : phase1 + phase2], seed
-        )
-        console.print(f"run [bold]{run_id}[/]: logs in {settings.common.data_dir / 'logs'}")
-        if not follow_run(sessions, run_id, procs, timeout * 60):
-            console.print(f"[red]run {run_id} did not finish in {timeout} minutes")
-            raise typer.Exit(1)
+    try:
+        with embedded_stack(settings) as supervisor:
+            sessions = make_sessionmaker(make_engine(settings.common.resolved_database_url()))
+            publisher = Publisher(settings.common)
+            run_id = submit_run(
+                settings, sessions, publisher, specs[:phase1], specs[phase1 : phase1 + phase2], seed
+            )
+            console.print(f"run [bold]{run_id}[/]: logs in {settings.common.data_dir / 'logs'}")
+            finished = follow_run(sessions, run_id, supervisor, timeout * 60)
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if not finished:
+        console.print(f"[red]run {run_id} did not finish in {timeout} minutes")
+        raise typer.Exit(1)
     paths = report.report_run(settings, run_id)
     console.print(Markdown(paths[0].read_text().split("![")[0]))
     console.print(f"run {run_id} complete; report in {paths[0].parent}")

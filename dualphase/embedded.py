@@ -4,17 +4,22 @@
 service of ``messages.SERVICES`` as a process, each ready), submits a run, follows it with
 ``follow_run`` (a progress bar per stage of ``runs.run_progress``), and leaves the block, which
 stops everything in reverse order. Each service logs to ``<data_dir>/logs/<name>.log``.
+
+While the run goes on, a ``Supervisor`` restarts a service that dies, as compose's restart
+policy would: the pipeline is restart-safe, so a crash costs time, not the run.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -49,6 +54,21 @@ def service_env(settings: Settings, bootstrap: str) -> dict[str, str]:
     return env
 
 
+class StackError(RuntimeError):
+    """The embedded stack cannot start or go on; the message is the one line to print."""
+
+
+def busy_ports(settings: Settings, names: list[str]) -> list[str]:
+    """The services' ports that something already listens on, as "generator.port 8101"."""
+    busy = []
+    for name in names:
+        port = getattr(settings, name).port
+        with socket.socket() as sock:
+            if sock.connect_ex((settings.common.http_host, port)) == 0:
+                busy.append(f"{name}.port {port}")
+    return busy
+
+
 def start_service(name: str, env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it from here
@@ -64,7 +84,8 @@ def wait_ready(settings: Settings, names: list[str], procs: dict[str, subprocess
     while pending:
         name = pending[0]
         if procs[name].poll() is not None:
-            raise RuntimeError(f"{name}-svc exited with {procs[name].returncode}; see its log")
+            log = settings.common.data_dir / "logs" / f"{name}.log"
+            raise StackError(f"{name}-svc exited with {procs[name].returncode}; see {log}")
         port = getattr(settings, name).port
         try:
             if httpx.get(f"http://{settings.common.http_host}:{port}/readyz", timeout=2).is_success:
@@ -73,7 +94,7 @@ def wait_ready(settings: Settings, names: list[str], procs: dict[str, subprocess
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{name}-svc not ready after {READY_TIMEOUT_S:.0f} s")
+            raise StackError(f"{name}-svc not ready after {READY_TIMEOUT_S:.0f} s; see its log")
         time.sleep(0.5)
 
 
@@ -89,34 +110,82 @@ def stop_service(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         proc.wait()
 
 
+class ServiceDied(StackError):
+    """A service that kept dying: one more restart would not help, the run stops."""
+
+
+@dataclass
+class Supervisor:
+    """Restarts each service that died, after a back-off that doubles with every restart of it
+    in the last ``window_s`` (``backoff_s``, 2x, 4x ..., at most a minute). A service that died
+    ``max_restarts`` times in that window raises ``ServiceDied`` naming it and its log."""
+
+    env: dict[str, str]
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]]
+    max_restarts: int = 5
+    window_s: float = 600.0
+    backoff_s: float = 1.0
+    restarts: dict[str, list[float]] = field(default_factory=dict)  # monotonic times
+    due: dict[str, float] = field(default_factory=dict)  # a dead service's restart time
+
+    def check(self) -> list[str]:
+        """Restart what is due; returns a line for each death noticed and each restart."""
+        notices = []
+        now = time.monotonic()
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                continue
+            recent = [t for t in self.restarts.get(name, []) if now - t < self.window_s]
+            log = self.log_dir / f"{name}.log"
+            if len(recent) >= self.max_restarts:
+                raise ServiceDied(
+                    f"{name}-svc exited with {proc.returncode} after {len(recent)} restarts in "
+                    f"{self.window_s / 60:.0f} min; see {log}"
+                )
+            if name not in self.due:
+                delay = min(self.backoff_s * 2 ** len(recent), 60.0)
+                self.due[name] = now + delay
+                notices.append(f"{name}-svc exited with {proc.returncode}; restart in {delay:g} s")
+            elif now >= self.due[name]:
+                del self.due[name]
+                self.restarts[name] = [*recent, now]
+                self.procs[name] = start_service(name, self.env, self.log_dir)
+                notices.append(f"{name}-svc restarted ({len(recent) + 1} in the window); see {log}")
+        return notices
+
+
 @contextmanager
-def embedded_stack(
-    settings: Settings, names: list[str] = SERVICES
-) -> Iterator[tuple[EmbeddedBroker, dict[str, subprocess.Popen[bytes]]]]:
-    """Broker and services up for the duration of the block; stopped in reverse order after."""
+def embedded_stack(settings: Settings, names: list[str] = SERVICES) -> Iterator[Supervisor]:
+    """Broker and services up for the duration of the block; stopped in reverse order after.
+    Ports already held (another `dualphase run`) fail first, before anything is written."""
+    if busy := busy_ports(settings, names):
+        raise StackError(
+            f"ports in use: {', '.join(busy)}; another `dualphase run` may be running (stop it, "
+            "or set other ports in the config)"
+        )
     settings.common.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.common.resolved_database_url())
     with EmbeddedBroker() as broker:
         settings.common.kafka_bootstrap = broker.bootstrap
         env = service_env(settings, broker.bootstrap)
-        procs: dict[str, subprocess.Popen[bytes]] = {}
+        log_dir = settings.common.data_dir / "logs"
+        supervisor = Supervisor(env, log_dir, {})
         try:
             for name in names:
-                procs[name] = start_service(name, env, settings.common.data_dir / "logs")
-            wait_ready(settings, names, procs)
-            yield broker, procs
+                supervisor.procs[name] = start_service(name, env, log_dir)
+            wait_ready(settings, names, supervisor.procs)  # a service failing at start: no restart
+            yield supervisor
         finally:
-            for proc in reversed(procs.values()):
+            for proc in reversed(supervisor.procs.values()):
                 stop_service(proc)
 
 
 def follow_run(
-    sessions: sessionmaker[Session],
-    run_id: str,
-    procs: dict[str, subprocess.Popen],
-    timeout_s: float,
+    sessions: sessionmaker[Session], run_id: str, supervisor: Supervisor, timeout_s: float
 ) -> bool:
-    """Show a progress bar per stage until the run is complete; False on timeout."""
+    """Show a progress bar per stage until the run is complete, restarting services that die;
+    False on timeout."""
     deadline = time.monotonic() + timeout_s
     with Progress(
         TextColumn("{task.description:<42}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
@@ -130,8 +199,7 @@ def follow_run(
                 bars.update(tasks[stage], completed=done, total=total)
             if is_complete(counts):
                 return True
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name}-svc exited with {proc.returncode}; see its log")
+            for notice in supervisor.check():
+                bars.console.print(notice)
             time.sleep(2)
     return False

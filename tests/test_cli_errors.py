@@ -3,6 +3,7 @@ a non-zero exit, no traceback."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,17 @@ def test_eval_names_an_unknown_benchmark_or_mode_before_loading_a_model() -> Non
     assert "unknown benchmark 'nosuch'" in line
     line = one_error_line(["eval", "--modes", "bogus", "--limit", "1"])
     assert line.startswith("error: --modes: Input should be 'base'")
+
+
+def test_a_second_run_on_held_ports_names_them_and_writes_nothing(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as held:  # another `dualphase run`'s generator
+        port = held.getsockname()[1]
+        env = {
+            "DUALPHASE_GENERATOR__PORT": str(port),
+            "DUALPHASE_COMMON__DATA_DIR": str(tmp_path / "data"),
+        }
+        result = CliRunner().invoke(app, ["run", "--phase1", "1", "--phase2", "1"], env=env)
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ports in use: ") and f"generator.port {port}" in line
+    assert not (tmp_path / "data").exists()

@@ -234,7 +234,7 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
     prom_config.write_text(yaml.safe_dump(scrape_config(settings)))
     httpx.post(f"{prom_url}/-/reload", timeout=10).raise_for_status()
     started = time.time()
-    with embedded_stack(settings) as (broker, _procs):
+    with embedded_stack(settings):
         sessions = make_sessionmaker(make_engine(pg_url))
         problems = [
             ProblemSpec(p.id, p.question, str(p.answer), "synthetic")
@@ -244,7 +244,7 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
             settings, sessions, Publisher(settings.common), problems[:3], problems[3:], seed=3
         )
         # One message that does not parse, so the dead-letter panels have something to show.
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        producer = KafkaProducer(bootstrap_servers=settings.common.kafka_bootstrap)
         producer.send(topic_name(settings.common, PROBLEMS), key=b"bad", value=b"{not json")
         producer.flush()
         producer.close()

@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dualphase.broker import EmbeddedBroker, free_port
-from dualphase.embedded import start_service, stop_service, wait_ready
+from dualphase.embedded import Supervisor, start_service, stop_service, wait_ready
 from sampler_svc.balance import build_phase1_set
 from sampler_svc.rounds import kept_solutions
 from sampler_svc.sealing import contaminated
@@ -156,26 +156,39 @@ class Stack:
         assert reply.status_code == 201, reply.text
         return reply.json()["run_id"]
 
-    def wait_for(self, what: str, check: object, timeout_s: float = RUN_TIMEOUT_S) -> float:
-        """Poll ``check()`` until true; returns the seconds it took."""
+    def wait_for(
+        self,
+        what: str,
+        check: object,
+        timeout_s: float = RUN_TIMEOUT_S,
+        supervisor: Supervisor | None = None,
+    ) -> float:
+        """Poll ``check()`` until true; returns the seconds it took. A service that exits fails
+        the test, unless a ``supervisor`` restarts it."""
         start = time.monotonic()
         while not check():  # type: ignore[operator]
+            if supervisor is not None:
+                for notice in supervisor.check():
+                    print(notice)
             for name, proc in self.procs.items():
-                assert proc.poll() is None, f"{name}-svc exited: {self.log_tail(name)}"
+                if supervisor is None or name not in supervisor.due:
+                    assert proc.poll() is None, f"{name}-svc exited: {self.log_tail(name)}"
             if time.monotonic() - start > timeout_s:
                 logs = "\n".join(self.log_tail(n) for n in SERVICES)
                 pytest.fail(f"{what}: not after {timeout_s:.0f} s\n{logs}")
             time.sleep(0.5)
         return time.monotonic() - start
 
-    def wait_complete(self, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> float:
+    def wait_complete(
+        self, run_id: str, timeout_s: float = RUN_TIMEOUT_S, supervisor: Supervisor | None = None
+    ) -> float:
         """Until the reconciler marks the run complete; returns the seconds waited."""
 
         def complete() -> bool:
             with self.sessions() as s:
                 return s.get_one(Run, run_id).status == "complete"
 
-        return self.wait_for(f"run {run_id} complete", complete, timeout_s)
+        return self.wait_for(f"run {run_id} complete", complete, timeout_s, supervisor)
 
     def count(self, model: type, run_id: str) -> int:
         with self.sessions() as s:
@@ -397,6 +410,23 @@ def test_run_completes_consistent_when_each_service_is_sigkilled_and_restarted(
     waited = stack.wait_complete(run_id)
     print(f"run {run_id} complete {waited:.0f} s after the last restart")
     assert_consistent(stack, run_id)
+
+
+def test_the_embedded_supervisor_restarts_a_sigkilled_service_and_the_run_completes(
+    stack: Stack,
+) -> None:
+    # As `dualphase run` does: nobody restarts the killed service but the supervisor.
+    supervisor = Supervisor(stack.env, stack.log_dir, stack.procs)
+    run_id = stack.submit(seed=15)
+    stack.wait_for("phase-1 verdicts", lambda: stack.count(VerdictRow, run_id) >= 1)
+    victim = random.Random(SEED + 2).choice(SERVICES)
+    print(f"seed {SEED}: SIGKILL {victim}-svc; progress {run_progress(stack.sessions, run_id)}")
+    stack.procs[victim].send_signal(signal.SIGKILL)
+    stack.procs[victim].wait()
+    stack.wait_complete(run_id, supervisor=supervisor)
+    assert len(supervisor.restarts[victim]) == 1
+    assert_consistent(stack, run_id)
+    wait_ready(stack.settings, SERVICES, stack.procs)  # the restarted one too, for what follows
 
 
 def test_run_completes_consistent_when_the_database_is_unreachable_for_ten_seconds(
