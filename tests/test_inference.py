@@ -23,11 +23,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from a hub in t
 import httpx
 import pytest
 
-from shared.core.messages import SamplingParams
-from shared.core.settings import InferenceConfig
+from shared.core.bus import Consumer, Publisher, ensure_topics
+from shared.core.messages import PROBLEMS, Message, ProblemJob, SamplingParams
+from shared.core.settings import CommonSettings, InferenceConfig
 from shared.inference import Backend, ChatResult, cut_after_answer, load_backend
 from shared.inference.model import EMBEDDED_NAME, prepare_embedded_model, resolve_model
-from shared.inference.openai import OpenAIError
+from shared.inference.openai import BackendUnavailable, OpenAIError
 
 ADD = [{"role": "user", "content": "What is 2+3?"}]
 HI = [{"role": "user", "content": "Hi"}]
@@ -285,10 +286,50 @@ def test_openai_backend_raises_clear_error_on_4xx_without_retrying() -> None:
 
 def test_openai_backend_gives_up_after_max_retries() -> None:
     server, seen = scripted_server([500])
-    with pytest.raises(OpenAIError, match=r"after 3 attempts; last error: HTTP 500"):
+    with pytest.raises(BackendUnavailable, match=r"after 3 attempts; last error: HTTP 500"):
         scripted_backend(server, max_retries=2).chat([ADD], GREEDY)
     server.shutdown()
     assert seen == [500, 500, 500]
+
+
+def test_a_server_away_longer_than_the_retries_keeps_the_job_instead_of_dead_lettering(
+    common: CommonSettings,
+) -> None:
+    # Six 503s against two attempts per call: the backend gives up twice, and the consumer
+    # retries the job until the server answers (it used to go to the dead-letter topic).
+    server, seen = scripted_server([503] * 5 + [200])
+    backend = scripted_backend(server, max_retries=1)
+    ensure_topics(common, [PROBLEMS])
+    publisher = Publisher(common)
+    publisher.publish(
+        PROBLEMS,
+        ProblemJob(
+            run_id="r",
+            kind="sample",
+            problem_id="p",
+            job_id="r:p:r0",
+            phase=2,
+            question="",
+            gold="",
+        ),
+    )
+    answers: list[str] = []
+
+    def generate(job: Message) -> None:
+        answers.append(backend.chat([ADD], GREEDY)[0].completions[0].text)
+
+    consumer = Consumer(common, PROBLEMS, "generator", ProblemJob, generate, publisher)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not answers and time.monotonic() < deadline:
+        time.sleep(0.2)
+    consumer.stop()
+    thread.join(30)
+    publisher.close()
+    server.shutdown()
+    assert answers == ["42"] and seen == [503] * 5 + [200]
+    assert (consumer.status()["retries"], consumer.status()["dlq"]) == (2, 0)
 
 
 # --- vLLM ----------------------------------------------------------------------------------------

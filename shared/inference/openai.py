@@ -2,7 +2,8 @@
 
 One request per sample (``n=1``, ``seed = params.seed + i``), so every sample is seeded the same
 way as in the in-process backends; at most ``cfg.max_concurrency`` requests are in flight.
-429, 5xx, timeouts and connection errors are retried with exponential back-off; any other error
+429, 5xx, timeouts and connection errors are retried with exponential back-off, and after the
+last retry raise ``BackendUnavailable``, which the consumer retries in turn; any other error
 status raises ``OpenAIError`` naming the status and the server's answer.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from shared.core.bus import RetryableError
 from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
 from shared.inference import ChatResult, Completion, Conversation, apply_stops
@@ -23,7 +25,12 @@ MAX_BACKOFF_S = 30.0
 
 
 class OpenAIError(RuntimeError):
-    """The server refused a request, or kept failing after every retry."""
+    """The server refused the request: retrying it will not help (the message is dead-lettered)."""
+
+
+class BackendUnavailable(RetryableError):
+    """The server kept failing (down, restarting, overloaded) through every retry: the consumer
+    backs off and retries the message, so a server away for a while loses no job."""
 
 
 class OpenAIBackend:
@@ -97,7 +104,7 @@ class OpenAIBackend:
             error = f"HTTP {response.status_code}: {response.text[:2000]}"
             if response.status_code != 429 and response.status_code < 500:
                 raise OpenAIError(f"POST {self.url} (model {self.model!r}) refused: {error}")
-        raise OpenAIError(
+        raise BackendUnavailable(
             f"POST {self.url} (model {self.model!r}) failed after "
             f"{self.cfg.max_retries + 1} attempts; last error: {error}"
         )
