@@ -29,6 +29,7 @@ def problem_writer(
 
     def handle(job: Message) -> None:
         assert isinstance(job, ProblemJob)
+        print(f"handling {job.problem_id}", flush=True)
         time.sleep(delay_s / 2)
         row = {
             "run_id": job.run_id,
@@ -53,7 +54,11 @@ def main() -> None:
     delay_s = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
     logging.basicConfig(level=logging.INFO)
     common = CommonSettings(
-        kafka_bootstrap=bootstrap, topic_prefix=prefix, session_timeout_ms=6000, partitions=2
+        kafka_bootstrap=bootstrap,
+        topic_prefix=prefix,
+        session_timeout_ms=6000,
+        partitions=2,
+        stop_grace_s=2.0,
     )
     publisher = Publisher(common)
     handler = problem_writer(db_url, delay_s, Path(deliveries))

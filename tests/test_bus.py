@@ -360,6 +360,28 @@ def test_sigterm_finishes_message_in_hand_commits_and_exits_0(
     assert committed_total(common, group(common)) == written
 
 
+def test_sigterm_gives_back_a_message_that_outlasts_the_grace_uncommitted(
+    common: CommonSettings, publisher: Publisher, db_url: str, tmp_path: Path
+) -> None:
+    # A handler that would take 5 minutes (a long batch of generation on a CPU): the worker
+    # exits after its 2 s grace, commits nothing, and the message is redelivered to the next.
+    run_id = new_run(db_url)
+    publisher.publish_many(PROBLEMS, list(jobs(run_id, 3)))
+    worker = start_worker(common, db_url, tmp_path, delay_s=600)
+    log = tmp_path / "worker.log"
+    wait_for(lambda: "handling" in log.read_text(), "a message in hand")
+    stop_worker(worker, tmp_path)  # exit 0 within TIMEOUT_S, long before the handler ends
+    assert "exiting without committing" in log.read_text()
+    assert committed_total(common, group(common)) == 0 and problem_ids(db_url, run_id) == []
+
+    worker = start_worker(common, db_url, tmp_path, delay_s=0.0)
+    try:
+        wait_for(lambda: committed_total(common, group(common)) == 3, "all 3 offsets committed")
+    finally:
+        stop_worker(worker, tmp_path)
+    assert sorted(problem_ids(db_url, run_id)) == ["p0", "p1", "p2"]
+
+
 def test_two_megabyte_phase2_result_goes_through_the_broker(common: CommonSettings) -> None:
     # 100 samples of 20 kB of random letters: about 2 MB that compression cannot shrink below
     # Kafka's default 1 MB limit, the size of one paper-scale round (100 samples x 4096 tokens).

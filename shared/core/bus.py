@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import signal
 import threading
 import time
@@ -281,6 +282,18 @@ class Consumer:
         """Ask run() to return after the message in hand (thread-safe, signal-safe)."""
         self._stop.set()
 
+    def _give_back(self) -> None:
+        """Exit now, committing nothing: what is in hand is redelivered, and handlers are
+        idempotent, so a half-done batch costs time, never data."""
+        log.warning(
+            "%s: stop took longer than %.0f s; exiting without committing %s (it is redelivered)",
+            self.group_id,
+            self.common.stop_grace_s,
+            self.current_key or "the message in hand",
+        )
+        logging.shutdown()
+        os._exit(0)
+
     def _start_from_committed(self, consumer: KafkaConsumer, assignments: _Assignments) -> None:
         """After a rebalance, each assigned partition restarts at its committed offset.
 
@@ -456,14 +469,26 @@ class Consumer:
 
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
-        """In the main thread, SIGTERM/SIGINT finish the message in hand, commit, and return."""
+        """In the main thread, SIGTERM/SIGINT finish the message in hand, commit, and return;
+        if that takes longer than ``common.stop_grace_s``, the process exits without committing
+        (a batch of generation can take many minutes on a CPU, and compose kills after 10 s)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+
+        grace = threading.Timer(self.common.stop_grace_s, self._give_back)
+        grace.daemon = True
+
+        def on_signal(signum: int, _frame: object) -> None:
+            self.stop()
+            if not grace.is_alive():
+                grace.start()
+
         signals = (signal.SIGTERM, signal.SIGINT)
-        previous = {sig: signal.signal(sig, lambda signum, _frame: self.stop()) for sig in signals}
+        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
         try:
             yield
         finally:
+            grace.cancel()  # stopped in time
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

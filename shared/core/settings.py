@@ -76,6 +76,13 @@ class CommonSettings(Section):
     retry_backoff_s: float = Field(
         0.5, gt=0, description="First back-off after a retryable error (doubles, capped at 30 s)."
     )
+    stop_grace_s: float = Field(
+        8.0,
+        gt=0,
+        description="On SIGTERM, how long the message or batch in hand may take to finish. "
+        "After that the service exits without committing it, so it is redelivered "
+        "(compose kills a container 10 s after its stop signal).",
+    )
     http_host: str = Field("127.0.0.1", description="Interface the services' HTTP apps bind to.")
     admin_token: str = Field(
         "", description="Bearer token for admin endpoints (submit, cancel). Empty disables them."
