@@ -192,7 +192,7 @@ class Reconciler:
         """Whether each group has committed everything on its topic (nothing queued or in hand)."""
         common = self.settings.common
         admin = KafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
-        probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap)
+        probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, enable_auto_commit=False)
         try:
             for base, group in [(t, g) for t in topics for g in consumer_groups(t)]:
                 topic = topic_name(common, base)

@@ -305,6 +305,44 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def test_sampler_started_while_the_database_is_down_waits_for_it(
+    common: CommonSettings, pg_url: str, tmp_path: Path
+) -> None:
+    host, rest = pg_url.rsplit("@", 1)[1].split(":", 1)
+    port, name = rest.split("/", 1)
+    proxy = TcpProxy((host, int(port)))
+    proxy.cut()  # down before the service starts
+    settings = Settings(common=common)
+    settings.sampler.port = free_port()
+    env = _env(settings, f"{pg_url.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}/{name}")
+    sampler = start_service("sampler", env, tmp_path / "logs")
+    url = f"http://127.0.0.1:{settings.sampler.port}"
+    log = tmp_path / "logs" / "sampler.log"
+
+    def ready() -> int:
+        assert sampler.poll() is None, log.read_text()[-3000:]
+        try:
+            return httpx.get(f"{url}/readyz", timeout=5).status_code
+        except httpx.HTTPError:
+            return 0
+
+    try:
+        deadline = time.monotonic() + 60
+        while ready() != 503:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(3)
+        assert ready() == 503  # still alive, still waiting
+        proxy.restore()
+        while ready() != 200:
+            assert time.monotonic() < deadline + 60, log.read_text()[-3000:]
+            time.sleep(0.5)
+        reconciler = httpx.get(f"{url}/status", timeout=5).json()["reconciler"]
+        assert reconciler["failed_passes"] >= 1
+    finally:
+        stop_service(sampler)
+
+
 def assert_consistent(stack: Stack, run_id: str) -> None:
     """Complete and consistent: what the database says was produced is there exactly once."""
     settings, schedule = stack.settings, stack.settings.sampler.schedule
