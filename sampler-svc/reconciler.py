@@ -156,9 +156,10 @@ class Reconciler:
         return [*jobs, *dialogues, *sampler, *checkpoints]
 
     def _stalled_checkpoints(self, session: Session, run_id: str) -> list[Message]:
-        """Ready checkpoints whose announcement did not arrive: an M1 without phase 2 started,
-        or any checkpoint without all its evaluation results."""
-        phase2 = session.scalar(
+        """Ready checkpoints whose announcement did not arrive: an M1 without phase 2 started
+        (in a run of two phases), or any checkpoint without all its evaluation results."""
+        phases = session.get_one(Run, run_id).config.get("sampler", {}).get("phases", 2)
+        phase2 = phases == 2 and session.scalar(
             select(func.count()).where(Problem.run_id == run_id, Problem.phase == 2)
         )
         started = session.scalar(select(func.count()).where(AttemptCount.run_id == run_id))

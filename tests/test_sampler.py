@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sampler_svc import handler as sampler
 from sampler_svc.balance import balanced_counts, build_phase1_set
 from sampler_svc.decontam import Decontaminator, benchmark_questions
+from sampler_svc.reconciler import Reconciler
 from sampler_svc.rounds import pending_jobs
 from sampler_svc.sealing import seal_phase1, seal_phase2
 from shared.core import shards
@@ -32,6 +33,7 @@ from shared.core.bus import Consumer, Publisher, ensure_topics, topic_name
 from shared.core.db import (
     AttemptCount,
     CheckpointRow,
+    EvalResult,
     GenerationRow,
     Problem,
     RuleCount,
@@ -333,6 +335,40 @@ def test_a_manifest_whose_checkpoint_was_left_training_is_announced_again(
         )
     with sessions.begin() as session:
         assert (manifest in reconcile(session, settings)) is announced
+
+
+def test_a_one_phase_run_never_gets_its_m1_announced_again_for_phase_2(
+    common: CommonSettings, sqlite_url: str
+) -> None:
+    # sampler.phases: 1 stops after M1: the reconciler must not take "phase 2 not started" for a
+    # lost announcement and publish M1 again every interval.
+    sessions = make_sessionmaker(make_engine(sqlite_url))
+    settings = Settings(
+        common=common,
+        eval=EvalSettings(datasets_dir=BENCHMARKS, benchmarks=["gsm8k"]),
+        sampler=SamplerSettings(phases=1),
+    )
+    run_id = add_run(
+        sessions, phase1=[("a", "Question a?", "1")], phase2=[("b", "Question b?", "1")]
+    )
+    with sessions.begin() as session:
+        session.get_one(Run, run_id).config = settings.model_dump(mode="json")
+        session.add(
+            CheckpointRow(id=f"{run_id}-m1", run_id=run_id, stage="M1", path="/m1", status="ready")
+        )
+        session.add(
+            EvalResult(
+                run_id=run_id,
+                checkpoint_id=f"{run_id}-m1",
+                benchmark="gsm8k",
+                problems=1,
+                samples=1,
+                accuracy=0.0,
+                mean_tokens=1.0,
+            )
+        )
+    published = Reconciler(settings, sessions, Publisher(common)).reconcile(force=True)
+    assert "CheckpointReady" not in published
 
 
 def test_decontamination_drops_a_planted_benchmark_problem(db_url: str, tmp_path: Path) -> None:
