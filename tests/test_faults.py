@@ -11,14 +11,11 @@ problems, 16 tokens per turn, one training step, gsm8k with 2 problems for evalu
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import signal
-import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,31 +25,24 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from kafka import KafkaConsumer
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from benchmarks.chaos import TcpProxy, check_run, stack_env
 from dualphase.broker import EmbeddedBroker, free_port
 from dualphase.embedded import Supervisor, start_service, stop_service, wait_ready
-from sampler_svc.balance import build_phase1_set
-from sampler_svc.rounds import kept_solutions
-from sampler_svc.sealing import contaminated
-from shared.core import migrations, shards
+from shared.core import migrations
 from shared.core.db import (
     AttemptCount,
-    CheckpointRow,
-    EvalResult,
     GenerationRow,
-    Problem,
     Run,
-    ShardRow,
     VerdictRow,
     make_engine,
     make_sessionmaker,
 )
-from shared.core.messages import ALL_TOPICS, SERVICES
+from shared.core.messages import SERVICES
 from shared.core.runs import run_progress
-from shared.core.settings import CONFIG_ENV, CommonSettings, Settings
+from shared.core.settings import CommonSettings, Settings
 from shared.datasets.problems import demo_problems
 
 log = logging.getLogger(__name__)
@@ -64,63 +54,6 @@ RUN_TIMEOUT_S = 600.0  # generous: the CPU is shared with other test runs
 SEED = int(os.environ.get("DUALPHASE_FAULT_SEED", "20240611"))
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:port to a target; ``cut()`` drops every connection and refuses new
-    ones (the database is gone), ``restore()`` accepts again."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._up = threading.Event()
-        self.restore()
-
-    def restore(self) -> None:
-        server = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: same port
-        server.settimeout(0.2)
-        self._up.set()
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def cut(self) -> None:
-        self._up.clear()  # the accept loop closes the listening socket
-        with self._lock:
-            for sock in self._sockets:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-            self._sockets.clear()
-        time.sleep(0.5)  # let the accept loop notice
-
-    def _accept(self, server: socket.socket) -> None:
-        with server:
-            while self._up.is_set():
-                try:
-                    client, _ = server.accept()
-                except TimeoutError:
-                    continue
-                upstream = socket.create_connection(self.target)
-                with self._lock:
-                    self._sockets += [client, upstream]
-                for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @dataclass
@@ -209,39 +142,6 @@ class Stack:
         return f"--- {name}-svc log (tail) ---\n{text[-3000:]}"
 
 
-def _env(settings: Settings, db_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALPHASE_")}
-    env.pop(CONFIG_ENV, None)
-    common = settings.common
-    values = {
-        "COMMON__KAFKA_BOOTSTRAP": common.kafka_bootstrap,
-        "COMMON__DATA_DIR": str(common.data_dir),
-        "COMMON__DATABASE_URL": db_url,
-        "COMMON__TOPIC_PREFIX": common.topic_prefix,
-        "COMMON__PARTITIONS": str(common.partitions),
-        "COMMON__SESSION_TIMEOUT_MS": str(common.session_timeout_ms),
-        "COMMON__RETRY_BACKOFF_S": str(common.retry_backoff_s),
-        "COMMON__RECONCILE_INTERVAL_S": str(common.reconcile_interval_s),
-        "COMMON__ADMIN_TOKEN": common.admin_token,
-        "INFERENCE__BATCH_SIZE": str(settings.inference.batch_size),
-        "GENERATOR__MAX_NEW_TOKENS": str(settings.generator.max_new_tokens),
-        "SAMPLER__SCHEDULE": json.dumps(settings.sampler.schedule),
-        "TRAINER__PRESET": settings.trainer.preset,
-        "TRAINER__MAX_STEPS": str(settings.trainer.max_steps),
-        "EVAL__BENCHMARKS": json.dumps(settings.eval.benchmarks),
-        "EVAL__LIMIT": str(settings.eval.limit),
-        "EVAL__SAMPLES": str(settings.eval.samples),
-        "EVAL__MAX_NEW_TOKENS": str(settings.eval.max_new_tokens),
-        "EVAL__BASELINE_MODES": "[]",
-        "EVAL__DATASETS_DIR": str(settings.eval.datasets_dir),
-    }
-    for name in SERVICES:
-        values[f"{name.upper()}__PORT"] = str(getattr(settings, name).port)
-    env.update({f"DUALPHASE_{k}": v for k, v in values.items()})
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    return env
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("faults")
@@ -285,7 +185,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     engine = make_engine(direct_url)  # the test itself reads the database directly
     stack = Stack(
         settings,
-        _env(settings, proxied_url),
+        stack_env(settings, proxied_url),
         broker,
         proxy,
         make_sessionmaker(engine),
@@ -314,7 +214,7 @@ def test_sampler_started_while_the_database_is_down_waits_for_it(
     proxy.cut()  # down before the service starts
     settings = Settings(common=common)
     settings.sampler.port = free_port()
-    env = _env(settings, f"{pg_url.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}/{name}")
+    env = stack_env(settings, f"{pg_url.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}/{name}")
     sampler = start_service("sampler", env, tmp_path / "logs")
     url = f"http://127.0.0.1:{settings.sampler.port}"
     log = tmp_path / "logs" / "sampler.log"
@@ -345,84 +245,8 @@ def test_sampler_started_while_the_database_is_down_waits_for_it(
 
 def assert_consistent(stack: Stack, run_id: str) -> None:
     """Complete and consistent: what the database says was produced is there exactly once."""
-    settings, schedule = stack.settings, stack.settings.sampler.schedule
-    counts = run_progress(stack.sessions, run_id)
-    assert all(done == total for done, total in counts.values()), counts
-    with stack.sessions() as s:
-        run = s.get_one(Run, run_id)
-        assert run.status == "complete"
-        problems = {
-            p.problem_id: p.phase
-            for p in s.scalars(select(Problem).where(Problem.run_id == run_id))
-        }
-        gens = s.scalars(select(GenerationRow).where(GenerationRow.run_id == run_id)).all()
-        verdicts = s.scalars(select(VerdictRow).where(VerdictRow.run_id == run_id)).all()
-        # One verdict per generation, none without one, none twice.
-        assert sorted(g.sample_id for g in gens) == sorted(v.sample_id for v in verdicts)
-        assert len({g.sample_id for g in gens}) == len(gens)
-        # Phase 1: one three-turn dialogue per problem.
-        phase1 = [g for g in gens if g.phase == 1]
-        assert sorted(g.problem_id for g in phase1) == sorted(
-            p for p, ph in problems.items() if ph == 1
-        )
-        assert all(len(g.turns) == 3 for g in phase1)
-        # Phase 2: every problem in exactly one final state, with the samples its rounds called
-        # for (no more, no fewer) and attempt counts equal to its verdict rows.
-        attempts = s.scalars(select(AttemptCount).where(AttemptCount.run_id == run_id)).all()
-        assert sorted(a.problem_id for a in attempts) == sorted(
-            p for p, ph in problems.items() if ph == 2
-        )
-        for a in attempts:
-            mine = [v for v in verdicts if v.problem_id == a.problem_id]
-            assert a.state == ("solved" if a.corrects else "exhausted"), a.state
-            assert a.attempts == len(mine) == sum(schedule[: a.round + 1])
-            assert a.corrects == sum(v.accepted for v in mine)
-            assert a.state == "solved" or a.round == len(schedule) - 1
-        # The shards hold exactly the balanced phase-1 set and the kept phase-2 solutions.
-        drop = contaminated(s, run_id, settings)
-        phase1_ids = [v.sample_id for v in build_phase1_set(s, run_id, run.seed, drop).kept]
-        solved = sorted(a.problem_id for a in attempts if a.state == "solved")
-        keep_k = settings.sampler.keep_k
-        kept = [
-            g.sample_id
-            for p in solved
-            if p not in drop
-            for g in kept_solutions(s, run_id, p, keep_k)
-        ]
-        expected = {"phase1": phase1_ids, "joint": phase1_ids + kept}
-        rows = s.scalars(select(ShardRow).where(ShardRow.run_id == run_id)).all()
-        assert sorted(r.stage for r in rows) == ["joint", "phase1"]
-        for row in rows:
-            assert shards.sha256_file(Path(row.path)) == row.sha256
-            lines = Path(row.path).read_text().splitlines()
-            assert [json.loads(line)["sample_id"] for line in lines] == expected[row.stage]
-        # One ready checkpoint per stage, each evaluated once per benchmark and mode.
-        ckpts = s.scalars(select(CheckpointRow).where(CheckpointRow.run_id == run_id)).all()
-        assert sorted((c.stage, c.status) for c in ckpts) == [("M1", "ready"), ("M2", "ready")]
-        evals = s.execute(
-            select(EvalResult.checkpoint_id, EvalResult.benchmark, EvalResult.mode).where(
-                EvalResult.run_id == run_id
-            )
-        ).all()
-        assert sorted(e.checkpoint_id for e in evals) == sorted(["base", *(c.id for c in ckpts)])
-    assert_nothing_dead_lettered(stack, run_id)
-
-
-def assert_nothing_dead_lettered(stack: Stack, run_id: str) -> None:
-    """No message of the run went to a DLQ: faults are retried, never given up on."""
-    common = stack.settings.common
-    consumer = KafkaConsumer(
-        bootstrap_servers=common.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=3000,
-    )
-    try:
-        consumer.subscribe([common.topic_prefix + t + ".dlq" for t in ALL_TOPICS])
-        letters = [r.value.decode(errors="replace") for r in consumer]
-    finally:
-        consumer.close()
-    assert letters == [], f"dead letters while running {run_id}: {letters}"
+    checks = check_run(stack.sessions, stack.settings, run_id)
+    assert [(name, why) for name, why in checks if why] == []
 
 
 def services_alive(stack: Stack) -> dict[str, int]:
