@@ -50,7 +50,7 @@ from shared.core.messages import (
     consumer_groups,
 )
 from shared.core.runs import is_complete, run_progress, unfinished_phase1
-from shared.core.settings import Settings
+from shared.core.settings import CommonSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Reconciler:
         ensure_topics(self.settings.common, ALL_TOPICS)
         # Idleness first, the database second: if a stage is idle now, nothing in flight can
         # change what the database says about it next.
-        idle = {stage for stage, topics in STAGES.items() if self._idle(topics)}
+        idle = {stage for stage, topics in STAGES.items() if consumed(self.settings.common, topics)}
         with self.sessions() as session:
             runs = session.scalars(select(Run.id).where(Run.status == "running")).all()
         unfinished = [m for run_id in runs for m in self._unfinished(run_id)]
@@ -189,29 +189,47 @@ class Reconciler:
             if (row.stage == "M1" and phase2 and not started) or evaluated.get(row.id, 0) < expected
         ]
 
-    def _idle(self, topics: list[str]) -> bool:
-        """Whether each group has committed everything on its topic (nothing queued or in hand)."""
-        common = self.settings.common
-        admin = KafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
-        probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, enable_auto_commit=False)
-        try:
-            for base, group in [(t, g) for t in topics for g in consumer_groups(t)]:
-                topic = topic_name(common, base)
-                partitions = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic)]
-                ends = probe.end_offsets(partitions)
-                group_id = common.topic_prefix + group
-                committed = admin.list_group_offsets(group_id).get(group_id, {})
-                for tp in partitions:
-                    done = committed[tp].offset if tp in committed else 0
-                    if ends[tp] > done:
-                        return False
-            return True
-        finally:
-            probe.close()
-            admin.close()
-
     def status(self) -> dict[str, Any]:
         return {"reconciler": {**self.stats, "waiting": len(self.waiting)}}
+
+
+def consumed(common: CommonSettings, topics: list[str]) -> bool:
+    """Whether each group has committed everything on its topics (nothing queued or in hand)."""
+    admin = KafkaAdminClient(bootstrap_servers=common.kafka_bootstrap)
+    probe = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, enable_auto_commit=False)
+    try:
+        for base, group in [(t, g) for t in topics for g in consumer_groups(t)]:
+            topic = topic_name(common, base)
+            partitions = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic)]
+            ends = probe.end_offsets(partitions)
+            group_id = common.topic_prefix + group
+            committed = admin.list_group_offsets(group_id).get(group_id, {})
+            done = {tp: committed[tp].offset if tp in committed else 0 for tp in partitions}
+            if any(ends[tp] > done[tp] for tp in partitions):
+                return False
+            if _records_from(probe, {tp: done[tp] for tp in partitions if ends[tp]}):
+                return False
+        return True
+    finally:
+        probe.close()
+        admin.close()
+
+
+def _records_from(probe: KafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+    """Whether a partition holds a record at or after its offset. Tansu reports a partition's
+    end as the base offset of its last record batch + 1, so after a batch of several messages
+    (``publish_many``) a group can have committed that "end" with messages still unconsumed:
+    the phase-1 and oracle manifests were announced twice that way."""
+    if not offsets:
+        return False
+    probe.assign(list(offsets))
+    for tp, offset in offsets.items():
+        probe.seek(tp, offset)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if any(probe.poll(timeout_ms=250).values()):
+            return True
+    return False
 
 
 def _key(message: Message) -> str:

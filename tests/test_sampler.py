@@ -18,14 +18,14 @@ from pathlib import Path
 
 import datasets
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from sampler_svc import handler as sampler
 from sampler_svc.balance import balanced_counts, build_phase1_set
 from sampler_svc.decontam import Decontaminator, benchmark_questions
-from sampler_svc.reconciler import Reconciler
+from sampler_svc.reconciler import Reconciler, consumed
 from sampler_svc.rounds import pending_jobs
 from sampler_svc.sealing import seal_phase1, seal_phase2
 from shared.core import shards
@@ -369,6 +369,44 @@ def test_a_one_phase_run_never_gets_its_m1_announced_again_for_phase_2(
         )
     published = Reconciler(settings, sessions, Publisher(common)).reconcile(force=True)
     assert "CheckpointReady" not in published
+
+
+def test_a_stage_holding_the_second_message_of_a_batch_is_not_idle(common: CommonSettings) -> None:
+    # The phase-1 and oracle manifests go out as one record batch; Tansu then reports the
+    # partition's end as 1. A trainer that committed the first and trains on the second is busy.
+    ensure_topics(common, [TRAINING_SHARDS])
+    topic = topic_name(common, TRAINING_SHARDS)
+    producer = KafkaProducer(bootstrap_servers=common.kafka_bootstrap, linger_ms=200)
+    for stage in ("phase1", "oracle"):
+        message = shards.manifest("run-x", stage, [], "embedded")
+        producer.send(topic, key=message.key().encode(), value=message.to_bytes())
+    producer.flush()
+    producer.close()
+    (tp,) = {TopicPartition(topic, r.partition) for r in read_all(common, topic, 2)}
+    trainer = KafkaConsumer(
+        bootstrap_servers=common.kafka_bootstrap,
+        group_id=common.topic_prefix + "trainer",
+        enable_auto_commit=False,
+    )
+    trainer.assign([tp])
+    trainer.commit({tp: OffsetAndMetadata(1, "", -1)})  # the oracle manifest is in hand
+    assert not consumed(common, [TRAINING_SHARDS])
+    trainer.commit({tp: OffsetAndMetadata(2, "", -1)})
+    trainer.close()
+    assert consumed(common, [TRAINING_SHARDS])
+
+
+def read_all(common: CommonSettings, topic: str, count: int) -> list:
+    """The first ``count`` records of a topic, without a consumer group."""
+    reader = KafkaConsumer(bootstrap_servers=common.kafka_bootstrap, enable_auto_commit=False)
+    reader.assign([TopicPartition(topic, p) for p in range(common.partitions)])
+    reader.seek_to_beginning()
+    records: list = []
+    deadline = time.monotonic() + 30
+    while len(records) < count and time.monotonic() < deadline:
+        records += [r for rs in reader.poll(timeout_ms=500).values() for r in rs]
+    reader.close()
+    return records
 
 
 def test_decontamination_drops_a_planted_benchmark_problem(db_url: str, tmp_path: Path) -> None:
