@@ -263,13 +263,13 @@ def dead_letters(common: CommonSettings) -> list[str]:
 
 def fault_schedule(rng: random.Random, minutes: float) -> list[tuple[float, str]]:
     """(seconds from the start, fault): a kill every 30-90 s for ``minutes``; two of the slots
-    (never the first) restart the broker and two cut the database instead."""
+    in the first 60% (never the first slot) restart the broker and two cut the database."""
     times, t = [], 0.0
     while t < minutes * 60:
         t += rng.uniform(30, 90)
         times.append(t)
     kinds = ["kill"] * len(times)
-    slots = rng.sample(range(1, len(times)), 4)
+    slots = rng.sample(range(1, max(int(len(times) * 0.6), 5)), 4)
     for slot, kind in zip(slots, ["broker", "broker", "database", "database"], strict=True):
         kinds[slot] = kind
     return list(zip(times, kinds, strict=True))
@@ -400,16 +400,16 @@ def main() -> None:
             with sessions() as s:
                 return s.get_one(Run, run_id).status == "complete"
 
-        start = time.monotonic()
+        start = last_fault = time.monotonic()
         for at, kind in schedule:
             if chaos.wait(at - (time.monotonic() - start), complete):
                 print("run complete: faults stop early", flush=True)
                 break
             what = chaos.inject(kind)
+            last_fault = time.monotonic()
             progress = {k: f"{d}/{t}" for k, (d, t) in run_progress(sessions, run_id).items()}
             events.append({"t_s": round(time.monotonic() - start), "fault": what})
             print(f"{time.monotonic() - start:6.0f} s  {what}; {progress}", flush=True)
-        last_fault = time.monotonic()
         finished = chaos.wait(3600, complete)
         after = time.monotonic() - last_fault
         checks = check_run(sessions, settings, run_id) if finished else []
