@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from benchmarks.chaos import TcpProxy, check_run, stack_env
+from benchmarks.chaos import DATASETS, POSTGRES, TcpProxy, check_run, stack_env
 from dualphase.broker import EmbeddedBroker, free_port
 from dualphase.embedded import Supervisor, start_service, stop_service, wait_ready
 from shared.core import migrations
@@ -47,8 +47,6 @@ from shared.datasets.problems import demo_problems
 
 log = logging.getLogger(__name__)
 
-POSTGRES = os.environ.get("DUALPHASE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"
 TOKEN = "test-admin-token"
 RUN_TIMEOUT_S = 600.0  # generous: the CPU is shared with other test runs
 SEED = int(os.environ.get("DUALPHASE_FAULT_SEED", "20240611"))
