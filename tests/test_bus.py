@@ -164,6 +164,40 @@ def test_round_trip_writes_every_message_once(
     assert committed_total(common, group(common)) == 20
 
 
+def test_a_member_joins_while_another_is_busy_with_a_long_handler(
+    common: CommonSettings, publisher: Publisher
+) -> None:
+    # A replica added with `--scale` gets partitions at once, not after the busy member's batch
+    # (which, before members polled while busy, held the rebalance for as long as it ran).
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    publisher.publish_many(PROBLEMS, jobs(run_id, 8))
+    busy, release = threading.Event(), threading.Event()
+    handled: list[str] = []
+
+    def slow(job: ProblemJob) -> None:
+        if not busy.is_set():
+            busy.set()
+            release.wait(4 * TIMEOUT_S)  # the first message holds its member until released
+        handled.append(job.problem_id)
+
+    def quick(job: ProblemJob) -> None:
+        handled.append(job.problem_id)
+
+    a = Consumer(common, PROBLEMS, group(common), ProblemJob, slow, publisher)
+    b = Consumer(common, PROBLEMS, group(common), ProblemJob, quick, publisher)
+    with running(a):
+        wait_for(busy.is_set, "the first member busy")
+        with running(b):
+            wait_for(
+                lambda: b.status()["assigned_partitions"] != [],
+                "the second member's share while the first is busy",
+                timeout_s=30,
+            )
+            release.set()
+            wait_for(lambda: committed_total(common, group(common)) == 8, "every job committed")
+    assert sorted(set(handled)) == sorted(f"p{i}" for i in range(8))
+
+
 def test_redelivered_message_leaves_one_row(
     common: CommonSettings, publisher: Publisher, db_url: str
 ) -> None:

@@ -21,6 +21,8 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,9 +49,11 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
 LAG_REFRESH_S = 2.0  # end offsets cost a broker round trip: ask at most this often
 SEND_TIMEOUT_S = 30.0
-# A handler may run this long (a training job) before the group counts its consumer as dead.
-# A rebalance (a replica joining) waits for a busy member to finish its message.
-MAX_HANDLER_S = 6 * 3600
+# A member keeps polling while its handler runs (Consumer._while_polling), so a rebalance (a
+# replica joining, a broker restart) never waits for a long handler; this only bounds a member
+# whose poll loop itself is stuck.
+MAX_POLL_INTERVAL_S = 300
+BUSY_POLL_S = 0.5  # how often a member with a handler running answers the group
 
 
 class RetryableError(Exception):
@@ -216,6 +220,8 @@ class Consumer:
         self.handler = handler
         self.publisher = publisher
         self._stop = threading.Event()
+        # The handler runs here, always on this one thread, while the consumer's thread polls.
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"handler-{group_id}")
         self._failures = 0  # consecutive retryable failures of the message in hand
         self._next_lag_refresh = 0.0
         self.processed = 0
@@ -232,6 +238,7 @@ class Consumer:
         with self._stop_on_signals():
             while not self._stop.is_set():
                 self._membership()
+        self._worker.shutdown()
         log.info("consumer %s on %s stopped", self.group_id, self.topic)
 
     def _membership(self) -> None:
@@ -247,7 +254,7 @@ class Consumer:
             auto_offset_reset="earliest",
             session_timeout_ms=self.common.session_timeout_ms,
             heartbeat_interval_ms=self.common.session_timeout_ms // 3,
-            max_poll_interval_ms=MAX_HANDLER_S * 1000,
+            max_poll_interval_ms=MAX_POLL_INTERVAL_S * 1000,
             max_partition_fetch_bytes=self.common.max_message_bytes,
             fetch_max_bytes=max(self.common.max_message_bytes, 50 * 2**20),
         )
@@ -342,7 +349,7 @@ class Consumer:
         keys = [r.key.decode(errors="replace") if r.key else None for r in records]
         self.current_key = keys[0] if len(keys) == 1 else f"{len(keys)} messages"
         try:
-            self._process(records)
+            self._while_polling(consumer, lambda: self._process(records))
         except RETRYABLE as error:
             self._failures += 1
             self.retries += 1
@@ -361,7 +368,8 @@ class Consumer:
                 delay,
             )
             for tp, rs in polled.items():
-                consumer.seek(tp, rs[0].offset)  # the next poll returns the same messages
+                if tp in consumer.assignment():  # the next poll returns the same messages
+                    consumer.seek(tp, rs[0].offset)
             self._stop.wait(delay)  # stop() during back-off: exit without committing
             return
         finally:
@@ -369,7 +377,27 @@ class Consumer:
         self._failures = 0
         metrics.MESSAGES_IN.labels(self.topic).inc(len(records))
         for tp, rs in polled.items():
-            self._commit(consumer, tp, rs[-1].offset + 1)
+            if tp in consumer.assignment():
+                self._commit(consumer, tp, rs[-1].offset + 1)
+            else:  # a rebalance gave it away meanwhile: its new owner handles it again
+                log.info("%s[%d] was reassigned during the batch; not committed", *tp)
+
+    def _while_polling(self, consumer: KafkaConsumer, work: Callable[[], None]) -> None:
+        """``work()`` on the handler thread while this thread polls with every partition paused,
+        so the member takes part in a rebalance at once instead of after a batch that may take
+        an hour. A poll here returns records only of partitions a rebalance has just assigned;
+        they are dropped, as every partition restarts at its committed offset after a
+        rebalance (_start_from_committed)."""
+        future = self._worker.submit(work)
+        try:
+            while True:
+                try:
+                    return future.result(timeout=BUSY_POLL_S)  # re-raises the handler's error
+                except FutureTimeout:
+                    consumer.pause(*consumer.assignment())
+                    consumer.poll(timeout_ms=int(BUSY_POLL_S * 1000))
+        finally:
+            consumer.resume(*consumer.paused())
 
     def _process(self, records: list[ConsumerRecord]) -> None:
         """Handle records, or dead-letter the ones that fail; retryable errors propagate."""
