@@ -29,7 +29,13 @@ console = Console()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEMO_CONFIG = CONFIGS / "demo.yaml"
 # What `init-env` generates into .env instead of the example's placeholders.
-SECRETS = ("ADMIN_TOKEN", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+SECRETS = (
+    "ADMIN_TOKEN",
+    "MODEL_API_KEY",
+    "POSTGRES_PASSWORD",
+    "GRAFANA_DB_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
 
 ConfigOption = Annotated[
     Path | None,
@@ -183,8 +189,8 @@ def submit(
 def init_env(
     path: Annotated[Path, typer.Option(help="The file to write.")] = Path(".env"),
 ) -> None:
-    """Write compose's .env from .env.example with a random admin token and random database
-    and Grafana passwords (never overwrites an existing file)."""
+    """Write compose's .env from .env.example with a random admin token, model-server key and
+    database and Grafana passwords (never overwrites an existing file)."""
     import re
     import secrets
 
@@ -226,11 +232,17 @@ def db_upgrade(config: ConfigOption = None) -> None:
 
 @model_app.command("prepare")
 def model_prepare(config: ConfigOption = None) -> None:
-    """Convert the embedded GGUF model into a cached safetensors folder (once) and print it."""
-    from shared.inference.model import model_identity, prepare_embedded_model
+    """Put the base model (inference.model) where every service finds it, once, and print it:
+    the embedded model is converted into inference.model_cache_dir, a hub id is downloaded into
+    the Hugging Face cache (HF_HOME), a local folder is checked."""
+    from shared.inference.model import prepare_model
 
-    path = prepare_embedded_model(load_settings(config).inference.model_cache_dir)
-    console.print(f"{path}  ({model_identity(str(path))})")
+    settings = load_settings(config)
+    try:
+        path = prepare_model(settings.inference)
+    except (FileNotFoundError, OSError) as exc:
+        _fail(f"inference.model {settings.inference.model!r}: {exc}", 1)
+    console.print(path)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from shared.core.bus import Consumer
 from shared.core.messages import CHECKPOINTS, CheckpointReady
 from shared.core.service import run_service, setup
 from shared.core.settings import load_settings
+from shared.inference import OneModel
 from shared.inference.hardware import inference_dtype
 from shared.inference.model import context_length
 
@@ -19,9 +20,10 @@ def main() -> None:
     stop_on_errors("eval-svc", eval_errors(settings, context) if context else [])
     dtype = inference_dtype(settings.inference)  # logged now, shown on /status
     counts = {"evaluations": 0}
+    backend_for = OneModel(settings.inference)  # one model in memory: targets come one by one
 
     def on_message(msg: CheckpointReady) -> None:
-        counts["evaluations"] += len(handle(msg, settings, sessions))
+        counts["evaluations"] += len(handle(msg, settings, sessions, backend_for))
 
     consumer = Consumer.subscribe(settings.common, "eval", CHECKPOINTS, on_message, publisher)
     run_service(

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.core.db import EvalResult, EvalSampleRow, Run, insert_ignore, transaction
 from shared.core.messages import CheckpointReady
 from shared.core.settings import Settings
-from shared.inference import load_backend
+from shared.inference import OneModel
 from shared.method.evaluation import (
     BASE_CHECKPOINT_ID,
     BenchmarkSummary,
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 EVAL_ACCURACY = Gauge(
     "dualphase_eval_accuracy",
     "pass@1 of the latest evaluation.",
-    ["checkpoint", "benchmark", "mode"],
+    ["run", "stage", "checkpoint", "benchmark", "mode"],
 )
 # Rows per INSERT statement: keeps PostgreSQL under its 65535 bind-parameter limit.
 INSERT_CHUNK = 1000
@@ -51,21 +51,22 @@ class Target:
     checkpoint_id: str
     model: str
     modes: list[str]
+    stage: str  # M0 (the base model), M1, M2, oracle
 
 
 def targets(msg: CheckpointReady, settings: Settings, session: Session) -> list[Target]:
     config = settings.eval
     base_modes = list(dict.fromkeys([*config.modes, *config.baseline_modes]))
     if msg.stage == "M0":
-        return [Target(msg.checkpoint_id, msg.path, base_modes)]
+        return [Target(msg.checkpoint_id, msg.path, base_modes, "M0")]
     run = session.get(Run, msg.run_id)
     # The model the run started from, as it was configured when the run was submitted.
     base_model = (
         (run.config if run else {}).get("inference", {}).get("model", settings.inference.model)
     )
     return [
-        Target(BASE_CHECKPOINT_ID, base_model, base_modes),
-        Target(msg.checkpoint_id, msg.path, list(config.modes)),
+        Target(BASE_CHECKPOINT_ID, base_model, base_modes, "M0"),
+        Target(msg.checkpoint_id, msg.path, list(config.modes), msg.stage),
     ]
 
 
@@ -121,7 +122,10 @@ def store(session: Session, run_id: str, checkpoint_id: str, summary: BenchmarkS
 
 
 def handle(
-    msg: CheckpointReady, settings: Settings, sessions: sessionmaker[Session]
+    msg: CheckpointReady,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    backend_for: OneModel,
 ) -> list[BenchmarkSummary]:
     """Evaluate what this message calls for and has not been evaluated yet."""
     config = settings.eval
@@ -135,7 +139,7 @@ def handle(
         for target, finished in plan:
             if all((b, m) in finished for b in benchmarks for m in target.modes):
                 continue
-            backend = load_backend(settings.inference, target.model)
+            backend = backend_for(target.model)
             prompt = model_prompt(target.model, settings)  # the prompt it was trained with
             for mode in target.modes:
                 todo = {b: p for b, p in benchmarks.items() if (b, mode) not in finished}
@@ -144,9 +148,9 @@ def handle(
                 ):
                     with transaction(sessions) as session:
                         store(session, msg.run_id, target.checkpoint_id, summary)
-                    EVAL_ACCURACY.labels(target.checkpoint_id, summary.benchmark, mode).set(
-                        summary.accuracy
-                    )
+                    EVAL_ACCURACY.labels(
+                        msg.run_id, target.stage, target.checkpoint_id, summary.benchmark, mode
+                    ).set(summary.accuracy)
                     log.info(
                         "%s %s %s: pass@1 %.3f, %.0f tokens",
                         target.checkpoint_id,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from generator_svc.handler import GeneratorStats, handle_jobs
 from shared.core.budgets import generator_errors, stop_on_errors
 from shared.core.bus import Consumer
 from shared.core.messages import PROBLEMS, ProblemJob
 from shared.core.service import run_service, setup
 from shared.core.settings import load_settings
-from shared.inference import Backend, load_backend
+from shared.inference import OneModel
 from shared.inference.hardware import inference_dtype
 from shared.inference.model import context_length
 from shared.method.prompts import load_prompts
@@ -26,9 +24,7 @@ def main() -> None:
     stats = GeneratorStats()
 
     # One model in memory at a time: jobs of a phase all name the same model.
-    @lru_cache(maxsize=1)
-    def backend_for(model: str) -> Backend:
-        return load_backend(settings.inference, model or None)
+    backend_for = OneModel(settings.inference)
 
     def handle(jobs: list[ProblemJob]) -> None:
         handle_jobs(

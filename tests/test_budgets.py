@@ -21,10 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def compose_context() -> int:
-    """The context compose gives the vLLM server by default (its --max-model-len)."""
-    command = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["vllm"]["command"]
-    [flag] = [c for c in command if c.startswith("--max-model-len")]
-    return int(re.search(r":-(\d+)\}", flag).group(1))
+    """The context compose gives the vLLM servers by default (--max-model-len of the gpu
+    services' serve command)."""
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    command = services["generator"]["environment"]["DUALPHASE_INFERENCE__SERVE_COMMAND"]
+    assert command == services["eval"]["environment"]["DUALPHASE_INFERENCE__SERVE_COMMAND"]
+    return int(re.search(r"--max-model-len \$\{\w+:-(\d+)\}", command).group(1))
 
 
 @pytest.fixture

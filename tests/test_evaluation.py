@@ -30,7 +30,7 @@ from shared.core.db import (
 from shared.core.messages import CheckpointReady, SamplingParams
 from shared.core.settings import CommonSettings, EvalSettings, InferenceConfig, Settings
 from shared.datasets import BenchmarkProblem, load_benchmark
-from shared.inference import Backend, ChatResult, load_backend
+from shared.inference import Backend, ChatResult, OneModel, load_backend
 from shared.inference.model import resolve_model
 from shared.method.evaluation import (
     BASE_CHECKPOINT_ID,
@@ -256,7 +256,7 @@ def test_eval_svc_stores_checkpoint_and_base_results_once(pg_url: str) -> None:
     path = resolve_model("embedded", settings.inference)
     msg = CheckpointReady(run_id=run_id, checkpoint_id=f"{run_id}-m1", stage="M1", path=path)
 
-    summaries = handle(msg, settings, sessions)
+    summaries = handle(msg, settings, sessions, OneModel(settings.inference))
     assert [(s.benchmark, s.mode) for s in summaries] == [
         ("gsm8k", "base"),
         ("gsm8k", "think-twice"),
@@ -285,7 +285,7 @@ def test_eval_svc_stores_checkpoint_and_base_results_once(pg_url: str) -> None:
             assert all(len(x.turns) == (2 if r.mode == "think-twice" else 1) for x in rows)
 
     # A redelivered message finds everything done: no model is loaded, nothing is written.
-    assert handle(msg, settings, sessions) == []
+    assert handle(msg, settings, sessions, OneModel(settings.inference)) == []
     with sessions() as session:
         count = (
             select(func.count()).select_from(EvalSampleRow).where(EvalSampleRow.run_id == run_id)

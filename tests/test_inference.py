@@ -26,9 +26,10 @@ import pytest
 from shared.core.bus import Consumer, Publisher, ensure_topics
 from shared.core.messages import PROBLEMS, Message, ProblemJob, SamplingParams
 from shared.core.settings import CommonSettings, InferenceConfig
-from shared.inference import Backend, ChatResult, cut_after_answer, load_backend
+from shared.inference import Backend, ChatResult, OneModel, cut_after_answer, load_backend
 from shared.inference.model import EMBEDDED_NAME, prepare_embedded_model, resolve_model
 from shared.inference.openai import BackendUnavailable, OpenAIError
+from shared.inference.server import ServerFailed
 
 ADD = [{"role": "user", "content": "What is 2+3?"}]
 HI = [{"role": "user", "content": "Hi"}]
@@ -226,6 +227,49 @@ def test_openai_backend_seeded_samples_are_reproducible(served: InferenceConfig)
     first = texts(remote.chat([STORY], params))
     assert texts(remote.chat([STORY], params)) == first
     assert first[0][0] != first[0][1]  # seeds 3 and 4 differ
+
+
+# --- a server started per model (inference.serve_command), as compose runs it ----------------
+
+
+def test_serve_command_serves_the_model_each_job_names_one_at_a_time(
+    cfg: InferenceConfig, embedded: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "checkpoint"  # a second model folder: the same weights under another path
+    other.mkdir()
+    for file in embedded.iterdir():
+        (other / file.name).symlink_to(file)
+    cli = Path(sys.executable).parent / "transformers"
+    models = OneModel(
+        cfg.model_copy(
+            update={
+                "backend": "openai",
+                "max_concurrency": 1,
+                "serve_command": f"{cli} serve --host 127.0.0.1 --port {{port}} {{model}}",
+            }
+        )
+    )
+    first = models(str(embedded))
+    assert models(str(embedded)) is first  # the same model: the same server
+    [answer] = first.chat([ADD], GREEDY)
+    assert answer.completions[0].tokens >= 1
+    # The server started for one model refuses another name: a request always names the model
+    # that was started for it.
+    with pytest.raises(OpenAIError, match="pinned"):
+        first._post({"model": str(other), "messages": ADD, "max_tokens": 2})
+
+    second = models(str(other))
+    assert first.server.process.poll() is not None, "the first server was not stopped"
+    assert second.chat([ADD], GREEDY)[0].completions[0].text == answer.completions[0].text
+    models.close()
+    assert second.server.process.poll() is not None
+
+
+def test_serve_command_that_exits_names_the_model(cfg: InferenceConfig, embedded: Path) -> None:
+    with pytest.raises(ServerFailed, match=f"server for {embedded} exited with 3"):
+        OneModel(cfg.model_copy(update={"backend": "openai", "serve_command": "sh -c 'exit 3'"}))(
+            str(embedded)
+        )
 
 
 # --- openai backend retry and error paths, against a scripted local server -------------------

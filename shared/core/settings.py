@@ -147,6 +147,22 @@ class InferenceConfig(Section):
         0, ge=0, description="Torch CPU threads; 0 means every core this process may run on."
     )
     max_lora_rank: int = Field(64, ge=1, description="vLLM: largest LoRA rank an adapter may have.")
+    serve_command: str = Field(
+        "",
+        description="openai backend: a command that serves one model, with {model} and {port} "
+        "in it (e.g. 'vllm serve {model} --port {port}'). Set, each service starts it for the "
+        "model its job names and stops it when a job names another (openai_base_url is then "
+        "not used); empty, the services use the server at openai_base_url.",
+    )
+    serve_port: int = Field(
+        0, ge=0, le=65535, description="Port of the server serve_command starts; 0: a free one."
+    )
+    serve_start_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="How long a server started by serve_command may take to list its model "
+        "(a first start may compile kernels and load large weights).",
+    )
 
 
 class GeneratorSettings(Section):

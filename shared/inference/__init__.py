@@ -47,6 +47,8 @@ class Backend(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    def close(self) -> None: ...
+
 
 def load_backend(cfg: InferenceConfig, model: str | None = None) -> Backend:
     """The configured backend for ``model`` (default ``cfg.model``, e.g. a checkpoint path)."""
@@ -60,6 +62,30 @@ def load_backend(cfg: InferenceConfig, model: str | None = None) -> Backend:
     from shared.inference.openai import OpenAIBackend
 
     return OpenAIBackend(name, cfg)
+
+
+class OneModel:
+    """The backend of one model at a time: asking for another closes the first before loading
+    the next, since a GPU (or a host's memory) holds one model beside the rest of the work."""
+
+    def __init__(self, cfg: InferenceConfig) -> None:
+        self.cfg = cfg
+        self.model: str | None = None
+        self.backend: Backend | None = None
+
+    def __call__(self, model: str | None = None) -> Backend:
+        """The backend of ``model`` (default ``cfg.model``, e.g. a checkpoint path)."""
+        model = model or self.cfg.model
+        if self.backend is None or model != self.model:
+            self.close()
+            self.backend = load_backend(self.cfg, model)
+            self.model = model
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = self.model = None
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -168,6 +194,16 @@ class TransformersBackend:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def close(self) -> None:
+        import gc
+
+        import torch
+
+        del self.model  # the weights go with the last reference
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def chat(self, conversations: list[Conversation], params: SamplingParams) -> list[ChatResult]:
         prompts = [self._prompt_ids(c) for c in conversations]

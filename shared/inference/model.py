@@ -81,6 +81,22 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def prepare_model(cfg: InferenceConfig) -> str:
+    """Make ``cfg.model`` loadable offline and return where it is: the embedded model converted,
+    a hub id downloaded into the Hugging Face cache (``HF_HOME``), a local folder checked."""
+    if cfg.model == EMBEDDED:
+        return str(prepare_embedded_model(cfg.model_cache_dir))
+    path = Path(cfg.model)
+    if path.is_absolute() or path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} holds no model (no config.json)")
+        return str(path)
+    from huggingface_hub import snapshot_download
+
+    # Weights in safetensors only: hub repos often carry the same weights again as .bin/.pth.
+    return snapshot_download(cfg.model, ignore_patterns=["*.bin", "*.pth", "original/*"])
+
+
 def resolve_model(name: str, cfg: InferenceConfig) -> str:
     """The model to load: 'embedded' becomes the prepared folder; anything else stays as is."""
     if name == EMBEDDED:
@@ -113,11 +129,12 @@ def _hash_files(files: tuple[Path, ...], stamp: tuple) -> str:
 def context_length(cfg: InferenceConfig) -> int | None:
     """Tokens the configured model holds where going past them fails: the OpenAI server's
     ``max_model_len`` (vLLM lists it under ``/v1/models``; None if it does not say or cannot be
-    reached), or for in-process vLLM the model config's ``max_position_embeddings``. None for
+    reached), or for in-process vLLM and a server the service starts itself
+    (``serve_command``) the model config's ``max_position_embeddings``. None for
     transformers, which generates past it (with rotary positions, degraded but no error)."""
     if cfg.backend == "transformers":
         return None
-    if cfg.backend == "openai":
+    if cfg.backend == "openai" and not cfg.serve_command:
         import httpx
 
         try:

@@ -1,4 +1,5 @@
-"""The ``openai`` backend: any OpenAI-compatible chat endpoint (vLLM, ``transformers serve``).
+"""The ``openai`` backend: any OpenAI-compatible chat endpoint (vLLM, ``transformers serve``),
+the configured one or one it starts for its model (``inference.serve_command``).
 
 One request per sample (``n=1``, ``seed = params.seed + i``), so every sample is seeded the same
 way as in the in-process backends; at most ``cfg.max_concurrency`` requests are in flight.
@@ -20,6 +21,7 @@ from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
 from shared.inference import ChatResult, Completion, Conversation, apply_stops
 from shared.inference.model import model_identity
+from shared.inference.server import ModelServer
 
 MAX_BACKOFF_S = 30.0
 
@@ -38,7 +40,11 @@ class OpenAIBackend:
         self.model = model  # sent as "model" in each request; a local folder path works for
         self.cfg = cfg  # `transformers serve`, a served model name for `vllm serve`
         self.model_id = model_identity(model)
-        self.url = cfg.openai_base_url.rstrip("/") + "/chat/completions"
+        # With a serve command, this backend starts the server for its model and stops it on
+        # close (shared/inference/server.py); without, it uses the configured server.
+        self.server = ModelServer(model, cfg) if cfg.serve_command else None
+        base_url = self.server.base_url if self.server else cfg.openai_base_url
+        self.url = base_url.rstrip("/") + "/chat/completions"
         self.client = httpx.Client(
             headers={"Authorization": f"Bearer {cfg.openai_api_key}"},
             timeout=cfg.request_timeout_s,
@@ -56,6 +62,12 @@ class OpenAIBackend:
             for conv in conversations
         ]
         return [ChatResult([f.result() for f in fs], self.model_id) for fs in futures]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.client.close()
+        if self.server:
+            self.server.close()
 
     def count_tokens(self, text: str) -> int:
         # The OpenAI API has no tokenizer endpoint; load the model's tokenizer locally, once.

@@ -40,6 +40,11 @@ class VLLMBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def close(self) -> None:
+        # vLLM's engine core runs in a child process; shutting it down frees the GPU.
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+
     def chat(self, conversations: list[Conversation], params: SamplingParams) -> list[ChatResult]:
         from vllm import SamplingParams as VLLMSamplingParams
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared.core.messages import SamplingParams
+from shared.core.metrics import TOKENS_GENERATED
 from shared.core.settings import EvalSettings, Settings
 from shared.datasets import BenchmarkProblem, load_benchmark
 from shared.inference import Backend, load_backend
@@ -234,6 +235,7 @@ def evaluate_benchmark(
         raise ValueError(f"benchmark {name!r}: no problems to evaluate")
     start = time.perf_counter()
     samples = generate(mode, problems, backend, sampling_params(config), system)
+    TOKENS_GENERATED.inc(sum(s.tokens for s in samples))
     gold = {p.id: p.gold for p in problems}
     grades = grader.grade_many([(s.final(), gold[s.problem_id]) for s in samples])
     by_problem: dict[str, list[bool]] = {p.id: [] for p in problems}
@@ -299,8 +301,13 @@ def evaluate_model(
     benchmarks = load_benchmarks(config)
     backend = load_backend(settings.inference, model)
     prompt = model_prompt(model or "", settings)
-    with Grader(config.grade_timeout_s, config.grade_workers) as grader:
-        return evaluate(config, backend, grader, benchmarks, on_done=on_done, system=prompt.system)
+    try:
+        with Grader(config.grade_timeout_s, config.grade_workers) as grader:
+            return evaluate(
+                config, backend, grader, benchmarks, on_done=on_done, system=prompt.system
+            )
+    finally:
+        backend.close()  # a server it started (inference.serve_command) stops with it
 
 
 def model_prompt(model: str, settings: Settings) -> InferencePrompt:
