@@ -25,16 +25,26 @@ fi
 
 echo "== compose.yaml (docker-compose $(docker-compose version --short))"
 export COMPOSE_PROFILES=gpu,cpu
-docker-compose -f compose.yaml config -q
-docker-compose -f compose.yaml --env-file .env.example config -q
-docker-compose -f compose.yaml --env-file .env.example config --services | tr '\n' ' '
+# Without its secrets (what `dualphase init-env` writes) compose must refuse to start.
+if docker-compose -f compose.yaml --env-file .env.example config -q 2>/dev/null; then
+  echo "compose.yaml accepted .env.example's empty secrets" >&2
+  exit 1
+fi
+# With them: the example's values, each secret filled as init-env fills it.
+env_file=$(mktemp)
+trap 'rm -f "$env_file"' EXIT
+sed -E 's/^(ADMIN_TOKEN|MODEL_API_KEY|POSTGRES_PASSWORD|GRAFANA_DB_PASSWORD|GRAFANA_ADMIN_PASSWORD)=$/\1=x/' \
+  .env.example >"$env_file"
+docker-compose -f compose.yaml --env-file "$env_file" config -q
+docker-compose -f compose.yaml --env-file "$env_file" config --services | tr '\n' ' '
 echo
 
 echo "== Dockerfiles (hadolint $("$TOOLS/bin/hadolint" --version | awk '{print $NF}'))"
 "$TOOLS/bin/hadolint" --failure-threshold info ./*-svc/Dockerfile
 
-echo "== Prometheus config"
+echo "== Prometheus config and alert rules"
 promtool check config deploy/prometheus/prometheus.yml
+promtool test rules deploy/prometheus/alerts.test.yml
 
 echo "== Grafana provisioning and dashboards"
 python3 - <<'PY'

@@ -15,17 +15,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.core.db import GenerationRow, insert_ignore
 from shared.core.messages import DIALOGUES, Dialogue, Generation, ProblemJob, SamplingParams
+from shared.core.metrics import TOKENS_GENERATED
 from shared.core.runs import cancelled_runs, stored_dialogues
 from shared.inference import Backend
 from shared.method.markers import InferencePrompt, Source, inference_prompt
 from shared.method.prompts import Prompts
-
-TOKENS_GENERATED = Counter("dualphase_generated_tokens", "Completion tokens generated.")
 
 # Seeds of turn t of a dialogue are params.seed + t * TURN_SEED_STRIDE, so turns never share one.
 TURN_SEED_STRIDE = 1_000_003

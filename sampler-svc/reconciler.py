@@ -15,6 +15,7 @@ One pass:
    their topics consumed and committed). Every service commits its input only after publishing
    its output, so idle consumers plus unfinished work means the work was lost; work that is
    merely queued or in hand is never published twice. Consumers are idempotent anyway.
+4. The broker-side and progress gauges are measured (``sampler_svc.collector``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from prometheus_client import Counter as MetricCounter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from sampler_svc.collector import collect
 from sampler_svc.rounds import pending_jobs
 from sampler_svc.sealing import seal_phase1, seal_phase2
 from shared.core.bus import Publisher, ensure_topics, topic_name
@@ -93,6 +95,7 @@ class Reconciler:
         while True:
             try:
                 self.reconcile(force)
+                collect(self.settings.common, self.sessions)
                 force = False
                 PASSES.labels("ok").inc()
             except Exception:  # database or broker down: the next pass tries again

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from dualphase.broker import free_port
-from dualphase.cli import app
+from dualphase.cli import SECRETS, app
 from generator_svc.handler import GeneratorStats, handle_jobs
 from sampler_svc.admin import admin_router
 from shared.core.bus import Publisher, ensure_topics, topic_name
@@ -272,7 +272,8 @@ def test_init_env_writes_random_secrets_and_never_overwrites(tmp_path: Path) -> 
     for path in (first, second):
         assert CliRunner().invoke(app, ["init-env", "--path", str(path)]).exit_code == 0
     values = [dotenv_values(p) for p in (first, second)]
-    for key in ("ADMIN_TOKEN", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+    assert len(SECRETS) == 5
+    for key in SECRETS:
         assert len(values[0][key]) >= 24 and values[0][key] != values[1][key]
     assert values[0]["POSTGRES_USER"] == "dualphase", "the rest is the example's"
     assert first.stat().st_mode & 0o077 == 0, "readable by its owner only"

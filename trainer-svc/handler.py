@@ -43,12 +43,19 @@ from trainer_svc.train import PROGRESS, TrainJob, TrainResult, read_done, train
 
 log = logging.getLogger(__name__)
 
-TRAIN_LOSS = Gauge("dualphase_train_loss", "Training loss at the latest logged update.")
-TRAIN_TOKENS_PER_S = Gauge(
-    "dualphase_train_tokens_per_second", "Training tokens (no padding) per second, latest log."
+# Labelled by run and stage (M1, M2, oracle), so two runs or two stages are told apart.
+TRAIN_LOSS = Gauge(
+    "dualphase_train_loss", "Training loss at the latest logged update.", ["run", "stage"]
 )
-TRAIN_PROGRESS = Gauge("dualphase_train_progress", "Share of the current job's updates done.")
-TRAIN_STEP = Gauge("dualphase_train_step", "Update step of the current training job.")
+TRAIN_TOKENS_PER_S = Gauge(
+    "dualphase_train_tokens_per_second",
+    "Training tokens (no padding) per second, latest log.",
+    ["run", "stage"],
+)
+TRAIN_PROGRESS = Gauge(
+    "dualphase_train_progress", "Share of the current job's updates done.", ["run", "stage"]
+)
+TRAIN_STEP = Gauge("dualphase_train_step", "Update step of the training job.", ["run", "stage"])
 TRAIN_JOBS = Counter(
     "dualphase_train_jobs",
     "Training jobs finished, by outcome (trained, skipped, failed).",
@@ -64,14 +71,15 @@ class TrainerStats:
     skipped: int = 0
     failed: int = 0
     current: dict[str, Any] = field(default_factory=dict)
+    labels: tuple[str, str] = ("", "")  # run and stage of the job in hand
 
     def report(self, progress: dict[str, Any]) -> None:
         """Progress callback of a training run (see trainer_svc.train.ProgressCallback)."""
         self.current.update(progress)
-        TRAIN_LOSS.set(progress["loss"])
-        TRAIN_TOKENS_PER_S.set(progress["tokens_per_s"])
-        TRAIN_STEP.set(progress["step"])
-        TRAIN_PROGRESS.set(progress["step"] / max(progress["max_steps"], 1))
+        TRAIN_LOSS.labels(*self.labels).set(progress["loss"])
+        TRAIN_TOKENS_PER_S.labels(*self.labels).set(progress["tokens_per_s"])
+        TRAIN_STEP.labels(*self.labels).set(progress["step"])
+        TRAIN_PROGRESS.labels(*self.labels).set(progress["step"] / max(progress["max_steps"], 1))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -217,6 +225,7 @@ def handle_manifest(
         )
     already_done = read_done(output_dir(settings.common.data_dir, manifest)) is not None
     stats.current = {"shard_id": manifest.shard_id, "checkpoint_id": ckpt_id}
+    stats.labels = (manifest.run_id, checkpoint_stage(manifest))
     try:
         result = train_shard(manifest, settings, stats.report)
     except RETRYABLE:

@@ -23,7 +23,30 @@ PROCESSING_SECONDS = Histogram(
     "dualphase_processing_seconds",
     "Time a handler took for one message (successful attempts).",
     ["topic"],
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
+    # Up to 8 h: a training job of the paper's size is one message and takes hours.
+    buckets=(
+        0.001,
+        0.005,
+        0.01,
+        0.05,
+        0.1,
+        0.5,
+        1,
+        5,
+        10,
+        30,
+        60,
+        300,
+        1800,
+        3600,
+        7200,
+        14400,
+        28800,
+    ),
+)
+TOKENS_GENERATED = Counter(
+    "dualphase_generated_tokens",
+    "Completion tokens generated: samples and dialogues in generator-svc, answers in eval-svc.",
 )
 CONSUMER_LAG = Gauge(
     "dualphase_consumer_lag", "Messages not yet consumed on the partitions held here.", ["topic"]
