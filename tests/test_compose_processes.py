@@ -48,9 +48,16 @@ THIRD_PARTY = {"kafka", "postgres", "prometheus", "grafana"}
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
-    """compose's ${VAR:-default}, ${VAR} and $$, with ``env`` as the .env file."""
-    value = re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: env.get(m[1]) or m[2] or "", value)
-    return value.replace("$$", "$")
+    """compose's ${VAR:-default}, ${VAR:?error} and $$, with ``env`` as the .env file."""
+
+    def variable(match: re.Match[str]) -> str:
+        name, kind, word = match[1], match[2], match[3]
+        if env.get(name):
+            return env[name]
+        assert kind != ":?", f"compose would refuse to start: {name}: {word}"
+        return word or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", variable, value).replace("$$", "$")
 
 
 def cpu_services(env: dict[str, str]) -> dict[str, dict]:
@@ -80,7 +87,7 @@ def environment(spec: dict, env: dict[str, str], paths: dict[str, Path]) -> dict
     out = {}
     for key, raw in spec.get("environment", {}).items():
         value = interpolate(str(raw), env)
-        value = re.sub(r"\b(kafka|postgres):(\d+)", lambda m: env[f"_{m[1]}"], value)
+        value = re.sub(r"\b(kafka|postgres):(\d+)", lambda m: env[f"_{m[2]}"], value)
         for inside, here in paths.items():
             if value == inside or value.startswith(inside + "/"):
                 value = str(here) + value[len(inside) :]
@@ -137,6 +144,7 @@ def stack(broker: str, pg_url: str, tmp_path: Path) -> Iterator[dict]:
         "POSTGRES_DB": database,
         "DATASETS_DIR": str(DATASETS),
         "ADMIN_TOKEN": uuid.uuid4().hex,
+        "MODEL_API_KEY": uuid.uuid4().hex,
         "_9092": broker,
         "_5432": "127.0.0.1:" + pg_url.rsplit(":", 1)[1].split("/")[0],
     }
