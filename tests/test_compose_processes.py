@@ -137,6 +137,7 @@ def stack(broker: str, pg_url: str, tmp_path: Path) -> Iterator[dict]:
     user, database = "postgres", pg_url.rsplit("/", 1)[1]
     env = {  # what the user's .env would hold
         "CONFIG": str(config),
+        "MODEL": "embedded",
         "CPU_EVAL_LIMIT": "2",
         "KAFKA_PARTITIONS": "2",
         "POSTGRES_USER": user,
@@ -193,16 +194,16 @@ def stack(broker: str, pg_url: str, tmp_path: Path) -> Iterator[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_compose_cpu_profile_as_processes_serves_each_checkpoint_to_the_m2_table(
     stack: dict,
 ) -> None:
     problems = stack["tmp"] / "problems.jsonl"
+    # MATH's format: the gold answer is the reference solution's \\boxed{}, which the oracle
+    # arm trains on.
     problems.write_text(
         "".join(
-            json.dumps(
-                {"id": p.id, "question": p.question, "gold": str(p.answer), "solution": p.solution}
-            )
-            + "\n"
+            json.dumps({"id": p.id, "problem": p.question, "solution": p.solution}) + "\n"
             for p in make_problems(6, seed=5)
         )
     )
