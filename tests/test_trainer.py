@@ -148,6 +148,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     manifest = manifest_for([shard])
     progress: list[dict[str, Any]] = []
     stats = TrainerStats()
+    stats.labels = ("run-t", "m1")
 
     def report(update: dict[str, Any]) -> None:
         progress.append(update)
@@ -157,15 +158,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return Trained(settings, manifest, result, rows, progress, stats)
 
 
+LABELS = {"run": "run-t", "stage": "m1"}  # the gauges are per run and stage
+
+
 def test_training_reports_loss_tokens_per_second_and_progress(trained: Trained) -> None:
     assert [p["step"] for p in trained.progress] == [1, 2, 3], "one report per logged update"
     assert all(p["loss"] > 0 and p["tokens_per_s"] > 0 for p in trained.progress)
     current = trained.stats.as_dict()["current"]
     assert current["step"] == current["max_steps"] == 3
-    assert REGISTRY.get_sample_value("dualphase_train_step") == 3
-    assert REGISTRY.get_sample_value("dualphase_train_progress") == 1.0
-    assert REGISTRY.get_sample_value("dualphase_train_loss") == trained.progress[-1]["loss"]
-    assert REGISTRY.get_sample_value("dualphase_train_tokens_per_second") > 0
+    assert REGISTRY.get_sample_value("dualphase_train_step", LABELS) == 3
+    assert REGISTRY.get_sample_value("dualphase_train_progress", LABELS) == 1.0
+    assert REGISTRY.get_sample_value("dualphase_train_loss", LABELS) == trained.progress[-1]["loss"]
+    assert REGISTRY.get_sample_value("dualphase_train_tokens_per_second", LABELS) > 0
 
 
 def test_fine_tuned_checkpoint_reloads_generates_and_fits_its_shard_better(
