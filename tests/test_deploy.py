@@ -38,7 +38,6 @@ from shared.core.db import make_engine, make_sessionmaker
 from shared.core.messages import PROBLEMS, SERVICES
 from shared.core.runs import ProblemSpec, run_progress, submit_run
 from shared.core.settings import Settings
-from shared.datasets.synthetic import make_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -297,6 +296,17 @@ def tiny_run_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str) -
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+STRICT_RULES = ["not_truncated", "explicit_answer", "boxed_answer", "length", "has_checking_steps"]
+EASY_PROBLEMS = [
+    ("What is 10 + 10?", "20"),
+    ("What is 100 + 100?", "200"),
+    ("What is 5 + 5?", "10"),
+    ("Tom has 3 apples and gets 2 more. How many apples does Tom have?", "5"),
+    ("What is 3 + 4?", "7"),
+    ("Sam has 10 coins and gives away 5. How many coins does Sam have?", "5"),
+]
+
+
 @pytest.mark.slow
 def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
     prometheus: tuple[str, Path],
@@ -306,6 +316,13 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
 ) -> None:
     prom_url, prom_config = prometheus
     tiny_run_env(monkeypatch, tmp_path, pg_url)
+    # The training panels need a shard with rows, so the run needs accepted samples: easy problems
+    # (the tiny model gets each right in 0-3 of 8 samples of 24 tokens), more phase-2 samples,
+    # none of the rules that 24 tokens rarely pass (the rule panels keep the other two), and
+    # phase 1 keeps its initial-right dialogues although wrong-then-right ones are rare.
+    monkeypatch.setenv("DUALPHASE_SAMPLER__SCHEDULE", "[4, 4]")
+    monkeypatch.setenv("DUALPHASE_SAMPLER__BALANCE_MIN_RIGHT", "3")
+    monkeypatch.setenv("DUALPHASE_VERIFIER__DISABLED_RULES", json.dumps(STRICT_RULES))
     settings = Settings()
     prom_config.write_text(yaml.safe_dump(scrape_config(settings)))
     httpx.post(f"{prom_url}/-/reload", timeout=10).raise_for_status()
@@ -313,8 +330,8 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
     with embedded_stack(settings):
         sessions = make_sessionmaker(make_engine(pg_url))
         problems = [
-            ProblemSpec(p.id, p.question, str(p.answer), "synthetic")
-            for p in make_problems(6, seed=11)
+            ProblemSpec(f"easy-{i}", question, answer, "synthetic")
+            for i, (question, answer) in enumerate(EASY_PROBLEMS)
         ]
         run_id = submit_run(
             settings, sessions, Publisher(settings.common), problems[:3], problems[3:], seed=3
