@@ -1,14 +1,27 @@
-"""Generated tokens per second: sequential generation versus the batched transformers backend.
+"""Generated tokens per second of the transformers backend's generation modes, side by side.
 
-Both runs use the same in-process model, the same prompts (GSM8K questions from the shared
-datasets), greedy decoding and the same max_new_tokens. Sequential is one conversation per
-``generate`` call; batched is one ``chat`` call with ``--batch-size`` rows per ``generate`` call.
-Each dtype of ``--dtypes`` is measured in turn, in one run, and the line above the table says
-what ``inference.dtype: auto`` chooses on this CPU and why (shared/inference/hardware.py).
-The compute bound is a matmul rate measured here in that dtype divided by 2 x parameters FLOPs
-per generated token.
+Modes, all on the same in-process model, the same prompts and greedy decoding:
 
-    python benchmarks/inference.py --prompts 16 --max-new-tokens 32 --batch-size 16 --threads 1
+- ``sequential``: one conversation per ``generate`` call.
+- ``padded``: today's backend: rows sorted by prompt length, ``--batch-size`` rows per
+  ``generate`` call, left-padded; a finished row stays in its batch until the longest ends.
+- ``continuous``: transformers' continuous batching (``generate_batch``: a paged KV cache, a
+  finished row's place taken by a waiting one), with at most ``--batch-size`` rows at a time.
+
+Workloads:
+
+- ``fixed``: GSM8K questions as one-turn chats; most rows run to ``--max-new-tokens``.
+- ``varying``: phase-1 first turns (the generator's system prompt and a GSM8K question) with a
+  long budget; rows stop at their end-of-sequence at widely different lengths, which is where
+  continuous batching should matter most.
+
+Each mode's greedy tokens are compared with ``padded``'s ("same tokens"). The compute bound is a
+matmul rate measured here in the model's dtype divided by 2 x parameters FLOPs per generated
+token; the CPU, its bfloat16 flags and what ``inference.dtype: auto`` picks head the output.
+
+    python benchmarks/inference.py --workload fixed --prompts 16 --max-new-tokens 32 --batch-size 16
+    python benchmarks/inference.py --workload varying --prompts 32 --max-new-tokens 256 \\
+        --batch-size 32 --modes padded,continuous
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -27,6 +41,7 @@ from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
 from shared.inference import TransformersBackend, load_backend
 from shared.inference.hardware import resolve_dtype, set_threads
+from shared.method.prompts import load_prompts
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared/datasets/benchmarks/gsm8k/test.jsonl"
 INSTRUCTION = "Solve step by step and put the final answer in \\boxed{}."
@@ -53,10 +68,16 @@ def cpu_name() -> str:
     )
 
 
-def conversations(path: Path, count: int) -> list[list[dict[str, str]]]:
+def conversations(path: Path, count: int, workload: str) -> list[list[dict[str, str]]]:
     with open(path) as f:
         rows = [json.loads(line) for _, line in zip(range(count), f, strict=False)]
-    return [[{"role": "user", "content": f"{r['question']}\n{INSTRUCTION}"}] for r in rows]
+    if workload == "fixed":
+        return [[{"role": "user", "content": f"{r['question']}\n{INSTRUCTION}"}] for r in rows]
+    system = load_prompts("v1").system
+    return [
+        [{"role": "system", "content": system}, {"role": "user", "content": r["question"]}]
+        for r in rows
+    ]
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
@@ -69,14 +90,77 @@ def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> fl
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def timed(backend: TransformersBackend, convs: list, params: SamplingParams, one_by_one: bool):
-    start = time.perf_counter()
-    if one_by_one:
-        results = [r for conv in convs for r in backend.chat([conv], params)]
-    else:
-        results = backend.chat(convs, params)
-    seconds = time.perf_counter() - start
-    return sum(c.tokens for r in results for c in r.completions), seconds
+def padded(backend: TransformersBackend, convs: list, params: SamplingParams) -> list[list[int]]:
+    """Generated token ids per conversation, through the backend's own batched path."""
+    prompts = [backend._prompt_ids(c) for c in convs]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: dict[int, list[int]] = {}
+    for start in range(0, len(order), backend.batch_size):
+        batch = order[start : start + backend.batch_size]
+        enc = backend.tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt")
+        with torch.inference_mode():
+            ids = backend.model.generate(
+                **enc,
+                do_sample=False,
+                max_new_tokens=params.max_new_tokens,
+                pad_token_id=backend.tokenizer.pad_token_id,
+                eos_token_id=sorted(backend.eos_ids),
+            )
+        for i, row in zip(batch, ids[:, enc["input_ids"].shape[1] :].tolist(), strict=True):
+            out[i] = until_end(row, backend)
+    return [out[i] for i in range(len(convs))]
+
+
+def sequential(
+    backend: TransformersBackend, convs: list, params: SamplingParams
+) -> list[list[int]]:
+    size, backend.batch_size = backend.batch_size, 1
+    try:
+        return padded(backend, convs, params)
+    finally:
+        backend.batch_size = size
+
+
+def continuous(
+    backend: TransformersBackend, convs: list, params: SamplingParams
+) -> list[list[int]]:
+    """transformers' continuous batching, at most ``batch_size`` rows decoding at once."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    prompts = [backend._prompt_ids(c) for c in convs]
+    page = 256
+    pages_per_row = -(-(max(map(len, prompts)) + params.max_new_tokens) // page)
+    config = ContinuousBatchingConfig(
+        page_size=page,
+        num_blocks=pages_per_row * len(prompts),
+        max_batch_tokens=max(512, backend.batch_size),
+        max_requests_per_batch=backend.batch_size,
+    )
+    generation = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=params.max_new_tokens,
+        eos_token_id=sorted(backend.eos_ids),
+        pad_token_id=backend.tokenizer.pad_token_id,
+    )
+    with torch.inference_mode():
+        outputs = backend.model.generate_batch(
+            prompts, generation_config=generation, continuous_batching_config=config
+        )
+    # Request ids end with the prompt's index.
+    by_index = {int(rid.rsplit("_", 1)[1]): o.generated_tokens for rid, o in outputs.items()}
+    return [until_end(list(by_index[i]), backend) for i in range(len(prompts))]
+
+
+def until_end(ids: list[int], backend: TransformersBackend) -> list[int]:
+    """The generated ids up to and including the first end-of-sequence (padding dropped)."""
+    end = next((k for k, t in enumerate(ids) if t in backend.eos_ids), None)
+    if end is None:
+        return [t for t in ids if t != backend.tokenizer.pad_token_id]
+    return ids[: end + 1]
+
+
+MODES = {"sequential": sequential, "padded": padded, "continuous": continuous}
 
 
 def measure(args: argparse.Namespace, dtype: str) -> None:
@@ -84,24 +168,35 @@ def measure(args: argparse.Namespace, dtype: str) -> None:
         InferenceConfig(batch_size=args.batch_size, threads=args.threads, dtype=dtype)
     )
     assert isinstance(backend, TransformersBackend)
-    convs = conversations(args.dataset, args.prompts)
+    convs = conversations(args.dataset, args.prompts, args.workload)
     params = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)
-    backend.chat(convs[:2], params.model_copy(update={"max_new_tokens": 4}))  # warm up
-
-    seq_tokens, seq_s = timed(backend, convs, params, one_by_one=True)
-    bat_tokens, bat_s = timed(backend, convs, params, one_by_one=False)
     gflops = matmul_gflops(backend.model.dtype)
-    n_params = sum(p.numel() for p in backend.model.parameters())
-    bound = gflops * 1e9 / (2 * n_params)
-    seq_rate, bat_rate = seq_tokens / seq_s, bat_tokens / bat_s
-    print(
-        f"| {dtype} | {seq_rate:.1f} | {bat_rate:.1f} | {bat_rate / seq_rate:.1f}x | "
-        f"{gflops:.1f} | {bound:.0f} | {bat_rate / bound:.0%} |"
-    )
+    bound = gflops * 1e9 / (2 * sum(p.numel() for p in backend.model.parameters()))
+    runs = {}
+    for name in args.modes.split(","):
+        warm = params.model_copy(update={"max_new_tokens": 4})
+        MODES[name](backend, convs[:2], warm)  # first-call costs out of the timing
+        start = time.perf_counter()
+        runs[name] = (MODES[name](backend, convs, params), time.perf_counter() - start)
+    for name, (ids, seconds) in runs.items():
+        lengths = [len(row) for row in ids]
+        rate = sum(lengths) / seconds
+        same = "-"
+        if "padded" in runs:
+            same = f"{sum(a == b for a, b in zip(ids, runs['padded'][0], strict=True))}"
+        print(
+            f"| {dtype} | {name} | {sum(lengths)} | {min(lengths)}-"
+            f"{statistics.median(lengths):.0f}-{max(lengths)} | {seconds:.1f} | {rate:.1f} | "
+            f"{rate / bound:.1%} | {same} of {len(ids)} |"
+        )
+    print(f"compute bound {dtype}: {gflops:.1f} GFLOP/s matmul -> {bound:.0f} tokens/s")
+    backend.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", choices=("fixed", "varying"), default="fixed")
+    parser.add_argument("--modes", default="sequential,padded,continuous")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -117,14 +212,14 @@ def main() -> None:
     print(
         f"model SmolLM2-135M-Instruct, torch {torch.__version__}, threads "
         f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} cores; {args.prompts} prompts, max_new_tokens "
-        f"{args.max_new_tokens}, greedy, batch {args.batch_size}"
+        f"{os.cpu_count()} cores; workload {args.workload}, {args.prompts} prompts, "
+        f"max_new_tokens {args.max_new_tokens}, greedy, batch {args.batch_size}"
     )
     print(
-        "| dtype | sequential tokens/s | batched tokens/s | speed-up | matmul GFLOP/s "
-        "| compute bound tokens/s | batched share of it |"
+        "| dtype | mode | generated tokens | tokens per row min-median-max | seconds | tokens/s "
+        "| share of compute bound | same tokens as padded |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for dtype in args.dtypes.split(","):
         measure(args, dtype)
 

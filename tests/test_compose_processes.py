@@ -138,7 +138,7 @@ def stack(broker: str, pg_url: str, tmp_path: Path) -> Iterator[dict]:
     env = {  # what the user's .env would hold
         "CONFIG": str(config),
         "MODEL": "embedded",
-        "CPU_EVAL_LIMIT": "2",
+        "CPU_EVAL_LIMIT": "1",
         "KAFKA_PARTITIONS": "2",
         "POSTGRES_USER": user,
         "POSTGRES_PASSWORD": "unused",  # trust auth
@@ -204,7 +204,7 @@ def test_compose_cpu_profile_as_processes_serves_each_checkpoint_to_the_m2_table
     problems.write_text(
         "".join(
             json.dumps({"id": p.id, "problem": p.question, "solution": p.solution}) + "\n"
-            for p in make_problems(6, seed=5)
+            for p in make_problems(4, seed=5)
         )
     )
     env_file = stack["tmp"] / ".env"
@@ -219,9 +219,9 @@ def test_compose_cpu_profile_as_processes_serves_each_checkpoint_to_the_m2_table
                 "--problems",
                 problems,
                 "--phase1",
-                "3",
+                "2",
                 "--phase2",
-                "3",
+                "2",
                 "--url",
                 sampler,
                 "--env-file",
