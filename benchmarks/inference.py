@@ -152,6 +152,50 @@ def continuous(
     return [until_end(list(by_index[i]), backend) for i in range(len(prompts))]
 
 
+def shrinking(backend: TransformersBackend, convs: list, params: SamplingParams) -> list[list[int]]:
+    """The padded batch, but a finished row leaves it: its KV-cache row is dropped
+    (``DynamicCache.batch_select_indices``), so later steps compute only the live rows."""
+    from transformers import DynamicCache
+
+    model, eos = backend.model, backend.eos_ids
+    prompts = [backend._prompt_ids(c) for c in convs]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: dict[int, list[int]] = {i: [] for i in order}
+    for start in range(0, len(order), backend.batch_size):
+        alive = torch.tensor(order[start : start + backend.batch_size])
+        enc = backend.tokenizer.pad(
+            {"input_ids": [prompts[i] for i in alive.tolist()]}, return_tensors="pt"
+        )
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
+        cache = DynamicCache()
+        with torch.inference_mode():
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache
+            ).logits[:, -1]
+            while True:
+                tokens = logits.argmax(-1)
+                keep = []
+                for k, (row, token) in enumerate(zip(alive.tolist(), tokens.tolist(), strict=True)):
+                    out[row].append(token)
+                    if token not in eos and len(out[row]) < params.max_new_tokens:
+                        keep.append(k)
+                if not keep:
+                    break
+                if len(keep) < len(alive):
+                    index = torch.tensor(keep)
+                    cache.batch_select_indices(index)
+                    alive, mask, tokens = alive[index], mask[index], tokens[index]
+                mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+                logits = model(
+                    input_ids=tokens[:, None],
+                    attention_mask=mask,
+                    position_ids=mask.sum(-1, keepdim=True) - 1,
+                    cache=cache,
+                ).logits[:, -1]
+    return [out[i] for i in range(len(convs))]
+
+
 def until_end(ids: list[int], backend: TransformersBackend) -> list[int]:
     """The generated ids up to and including the first end-of-sequence (padding dropped)."""
     end = next((k for k, t in enumerate(ids) if t in backend.eos_ids), None)
@@ -160,7 +204,12 @@ def until_end(ids: list[int], backend: TransformersBackend) -> list[int]:
     return ids[: end + 1]
 
 
-MODES = {"sequential": sequential, "padded": padded, "continuous": continuous}
+MODES = {
+    "sequential": sequential,
+    "padded": padded,
+    "shrinking": shrinking,
+    "continuous": continuous,
+}
 
 
 def measure(args: argparse.Namespace, dtype: str) -> None:
@@ -196,7 +245,7 @@ def measure(args: argparse.Namespace, dtype: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", choices=("fixed", "varying"), default="fixed")
-    parser.add_argument("--modes", default="sequential,padded,continuous")
+    parser.add_argument("--modes", default="sequential,padded,shrinking,continuous")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
