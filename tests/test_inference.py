@@ -272,6 +272,60 @@ def test_serve_command_that_exits_names_the_model(cfg: InferenceConfig, embedded
         )
 
 
+ROOT = Path(__file__).resolve().parents[1]
+# A stand-in model server: lists the one model it was started for, as the real ones do.
+FAKE_SERVER = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+port, model = int(sys.argv[1]), sys.argv[2]
+class Models(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": model}]}).encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+HTTPServer(("127.0.0.1", port), Models).serve_forever()
+"""
+
+# A service that starts a model server, prints its pid, then waits to be killed.
+SERVICE = """
+import sys, time
+from shared.core.settings import InferenceConfig
+from shared.inference.server import ModelServer
+cfg = InferenceConfig(serve_command=sys.argv[1])
+print(ModelServer("m", cfg).process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_model_server_does_not_outlive_a_service_killed_with_sigkill(tmp_path: Path) -> None:
+    (tmp_path / "fake_server.py").write_text(FAKE_SERVER)
+    command = f"{sys.executable} {tmp_path / 'fake_server.py'} {{port}} {{model}}"
+    service = subprocess.Popen(
+        [sys.executable, "-c", SERVICE, command], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    server_pid = int(service.stdout.readline())
+    assert running(server_pid)
+    service.kill()
+    service.wait()
+    deadline = time.monotonic() + 10
+    while running(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if running(server_pid):
+        os.kill(server_pid, 9)
+        pytest.fail("the model server outlived its service")
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process its new parent has not reaped yet does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 # --- openai backend retry and error paths, against a scripted local server -------------------
 
 

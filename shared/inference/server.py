@@ -9,10 +9,13 @@ checkpoint the job names (a server started for another refuses it).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import shlex
+import signal
 import socket
 import subprocess
+import sys
 import time
 
 import httpx
@@ -20,6 +23,20 @@ import httpx
 from shared.core.settings import InferenceConfig
 
 log = logging.getLogger(__name__)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Loaded here, not in the forked child, where loading a library could wait on a lock another
+# thread of the service held at the fork.
+LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """Runs in the server's process before it execs: the kernel sends it SIGTERM when the thread
+    that started it ends, a service killed with SIGKILL included, so no model server (and its GPU
+    memory) outlives its service. The thread is the consumer's handler thread, which lives as
+    long as the consumer."""
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ServerFailed(RuntimeError):
@@ -45,7 +62,7 @@ class ModelServer:
         ]
         log.info("starting a model server for %s: %s", model, shlex.join(args))
         # Its output goes to the service's own: `docker compose logs` shows both.
-        self.process = subprocess.Popen(args)
+        self.process = subprocess.Popen(args, preexec_fn=_die_with_parent if LIBC else None)
         try:
             self._wait_ready(cfg.serve_start_timeout_s, cfg.openai_api_key)
         except BaseException:
