@@ -20,7 +20,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile  # 2 workers, whole files: overlaps the waits
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder  # 2 workers, whole files, slow files first (tests/conftest.py): overlaps the waits
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -45,8 +45,8 @@ def broker() -> Iterator[str]:
         yield running.bootstrap
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+def new_database() -> Iterator[str]:
+    """A database of its own with the schema, dropped afterwards."""
     name = f"dualphase_test_{uuid.uuid4().hex[:12]}"
     admin = POSTGRES.replace("postgresql+psycopg", "postgresql") + "/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -56,6 +56,18 @@ def pg_url() -> Iterator[str]:
     yield url
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    yield from new_database()
+
+
+@pytest.fixture
+def own_pg_url() -> Iterator[str]:
+    """For a whole stack: its reconciler would otherwise pick up the unfinished runs that earlier
+    tests of the session left in the shared database and finish them first."""
+    yield from new_database()
 
 
 @pytest.fixture
@@ -80,3 +92,10 @@ def common(broker: str, tmp_path: Path) -> CommonSettings:
         session_timeout_ms=6000,  # Tansu's group joins take about half of it
         retry_backoff_s=0.05,
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with slow tests first, so that under `make test`'s two workers (whole files each,
+    in this order: `--no-loadscope-reorder`) the longest ones do not start last and run alone."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: file order otherwise kept

@@ -109,8 +109,9 @@ def volume_paths(services: dict[str, dict], env: dict[str, str], tmp: Path) -> d
 
 
 @pytest.fixture
-def stack(broker: str, pg_url: str, tmp_path: Path) -> Iterator[dict]:
+def stack(broker: str, own_pg_url: str, tmp_path: Path) -> Iterator[dict]:
     """compose's cpu profile as processes; yields what the test needs to drive and read it."""
+    pg_url = own_pg_url
     config = tmp_path / "tiny.yaml"
     config.write_text(
         yaml.safe_dump(

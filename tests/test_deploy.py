@@ -310,10 +310,11 @@ EASY_PROBLEMS = [
 @pytest.mark.slow
 def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
     prometheus: tuple[str, Path],
-    pg_url: str,
+    own_pg_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    pg_url = own_pg_url
     prom_url, prom_config = prometheus
     tiny_run_env(monkeypatch, tmp_path, pg_url)
     # The training panels need a shard with rows, so the run needs accepted samples: easy problems
