@@ -111,7 +111,6 @@ def volume_paths(services: dict[str, dict], env: dict[str, str], tmp: Path) -> d
 @pytest.fixture
 def stack(broker: str, own_pg_url: str, tmp_path: Path) -> Iterator[dict]:
     """compose's cpu profile as processes; yields what the test needs to drive and read it."""
-    pg_url = own_pg_url
     config = tmp_path / "tiny.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -135,7 +134,7 @@ def stack(broker: str, own_pg_url: str, tmp_path: Path) -> Iterator[dict]:
             }
         )
     )
-    user, database = "postgres", pg_url.rsplit("/", 1)[1]
+    user, database = "postgres", own_pg_url.rsplit("/", 1)[1]
     env = {  # what the user's .env would hold
         "CONFIG": str(config),
         "MODEL": "embedded",
@@ -148,7 +147,7 @@ def stack(broker: str, own_pg_url: str, tmp_path: Path) -> Iterator[dict]:
         "ADMIN_TOKEN": uuid.uuid4().hex,
         "MODEL_API_KEY": uuid.uuid4().hex,
         "_9092": broker,
-        "_5432": "127.0.0.1:" + pg_url.rsplit(":", 1)[1].split("/")[0],
+        "_5432": "127.0.0.1:" + own_pg_url.rsplit(":", 1)[1].split("/")[0],
     }
     services = cpu_services(env)
     paths = volume_paths(services, env, tmp_path)
@@ -183,7 +182,7 @@ def stack(broker: str, own_pg_url: str, tmp_path: Path) -> Iterator[dict]:
         for name, spec in services.items():
             if spec.get("restart") != "no":
                 processes.append(start(name))
-        yield {"env": env, "ports": ports, "logs": logs, "pg_url": pg_url, "tmp": tmp_path}
+        yield {"env": env, "ports": ports, "logs": logs, "pg_url": own_pg_url, "tmp": tmp_path}
     finally:
         for process in processes:
             process.terminate()

@@ -314,9 +314,8 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pg_url = own_pg_url
     prom_url, prom_config = prometheus
-    tiny_run_env(monkeypatch, tmp_path, pg_url)
+    tiny_run_env(monkeypatch, tmp_path, own_pg_url)
     # The training panels need a shard with rows, so the run needs accepted samples: easy problems
     # (the tiny model gets each right in 0-3 of 8 samples of 24 tokens), more phase-2 samples,
     # none of the rules that 24 tokens rarely pass (the rule panels keep the other two), and
@@ -329,7 +328,7 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
     httpx.post(f"{prom_url}/-/reload", timeout=10).raise_for_status()
     started = time.time()
     with embedded_stack(settings):
-        sessions = make_sessionmaker(make_engine(pg_url))
+        sessions = make_sessionmaker(make_engine(own_pg_url))
         problems = [
             ProblemSpec(f"easy-{i}", question, answer, "synthetic")
             for i, (question, answer) in enumerate(EASY_PROBLEMS)
@@ -357,7 +356,7 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
         ]
         assert missing == [], "queries without data:\n" + "\n".join(missing)
 
-    with create_engine(pg_url).connect() as conn:
+    with create_engine(own_pg_url).connect() as conn:
         for where, target in dashboard_targets("postgres"):
             rows = conn.execute(text(target["rawSql"])).mappings().all()
             assert any(row["run_id"] == run_id for row in rows), f"{where}: no row of the run"

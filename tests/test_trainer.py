@@ -138,6 +138,9 @@ class Trained:
     stats: TrainerStats
 
 
+LABELS = {"run": "run-t", "stage": "m1"}  # the training gauges are per run and stage
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """The embedded model fine-tuned once on a 16-row real shard (shared by the module)."""
@@ -148,7 +151,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     manifest = manifest_for([shard])
     progress: list[dict[str, Any]] = []
     stats = TrainerStats()
-    stats.labels = ("run-t", "m1")
+    stats.labels = (LABELS["run"], LABELS["stage"])
 
     def report(update: dict[str, Any]) -> None:
         progress.append(update)
@@ -156,9 +159,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 
     result = train_shard(manifest, settings, report)
     return Trained(settings, manifest, result, rows, progress, stats)
-
-
-LABELS = {"run": "run-t", "stage": "m1"}  # the gauges are per run and stage
 
 
 def test_training_reports_loss_tokens_per_second_and_progress(trained: Trained) -> None:
