@@ -171,6 +171,26 @@ def test_stop_after_answer_ends_the_row_where_its_answer_line_ends(local: Backen
     assert stopped.tokens < full.tokens, "generation stopped there, not only the text"
 
 
+def test_continuous_and_padded_batching_give_the_same_tokens(
+    cfg: InferenceConfig, local: Backend
+) -> None:
+    # Two rows at a time, four conversations ending at different steps: rows leave the batch
+    # and waiting ones are prefilled and merged in (their caches left-padded) while others run.
+    padded = load_backend(cfg.model_copy(update={"batching": "padded"}))
+    convs = [HI, ADD, STORY, CARDS]
+    for params in (
+        GREEDY.model_copy(update={"max_new_tokens": 24}),
+        SamplingParams(n=2, temperature=1.0, top_p=0.9, max_new_tokens=16, seed=5),
+    ):
+        got = [
+            [(c.text, c.tokens, c.finish_reason) for c in r.completions]
+            for results in (local.chat(convs, params), padded.chat(convs, params))
+            for r in results
+        ]
+        assert got[:4] == got[4:], params
+    padded.close()
+
+
 # --- openai backend against a real `transformers serve` ----------------------------------------
 
 

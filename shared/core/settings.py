@@ -117,7 +117,15 @@ class InferenceConfig(Section):
         Path.home() / ".cache" / "dualphase" / "models",
         description="Where the embedded GGUF model is converted once into a safetensors folder.",
     )
-    batch_size: int = Field(16, ge=1, description="Conversations per generate call.")
+    batch_size: int = Field(
+        16, ge=1, description="Rows (conversation samples) that decode at once (transformers)."
+    )
+    batching: Literal["continuous", "padded"] = Field(
+        "continuous",
+        description="transformers backend: continuous, a finished row leaves the batch and "
+        "waiting rows are merged in (shared/inference/decode.py); padded, one `generate` call "
+        "per batch of batch_size rows, each running until the batch's longest row ends.",
+    )
     prompt_tokens: int = Field(
         512,
         ge=0,

@@ -4,7 +4,8 @@
 sampling parameters and returns, per conversation, ``params.n`` completions plus the identity of
 the model that wrote them. Sample ``i`` of every conversation is seeded with ``params.seed + i``.
 
-- ``transformers`` (here): in-process, CPU or GPU, static batches with left padding.
+- ``transformers`` (here): in-process, CPU or GPU, continuous batching
+  (``shared/inference/decode.py``) or static batches with left padding (``generate``).
 - ``vllm`` (``shared/inference/vllm.py``): in-process vLLM engine, imported only when chosen.
 - ``openai`` (``shared/inference/openai.py``): any OpenAI-compatible chat endpoint.
 """
@@ -152,24 +153,31 @@ class SeededSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         import torch
 
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
-            sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= self.top_p] = 0.0
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        drawn = torch.cat(
-            [
-                torch.multinomial(p, 1, generator=g)
-                for p, g in zip(probs, self.generators, strict=True)
-            ]
-        )
+        drawn = draw(scores, self.generators, self.temperature, self.top_p)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter(1, drawn[:, None], 0.0)
 
 
+def draw(
+    scores: torch.Tensor, generators: list[torch.Generator], temperature: float, top_p: float
+) -> torch.Tensor:
+    """One token per row of ``scores``, row r drawn with ``generators[r]``."""
+    import torch
+
+    probs = torch.softmax(scores.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
+        sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.cat(
+        [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)]
+    )
+
+
 class TransformersBackend:
-    """In-process transformers: rows sorted by prompt length, one ``generate`` call per batch."""
+    """In-process transformers: rows sorted by prompt length, decoded with continuous batching,
+    or (``batching: padded``) one ``generate`` call per batch."""
 
     def __init__(self, model: str, cfg: InferenceConfig) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -180,6 +188,7 @@ class TransformersBackend:
         self.dtype = resolve_dtype(cfg.dtype, cfg.device)
         self.device = self.dtype.device
         self.batch_size = cfg.batch_size
+        self.batching = cfg.batching
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left"  # generation continues at the right end of each row
         if self.tokenizer.pad_token is None:
@@ -212,12 +221,21 @@ class TransformersBackend:
             ((c, i) for c in range(len(conversations)) for i in range(params.n)),
             key=lambda row: len(prompts[row[0]]),
         )
-        done: dict[tuple[int, int], Completion] = {}
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
-            seeds = [params.seed + i for _, i in batch]
-            outputs = self._generate([prompts[c] for c, _ in batch], seeds, params)
-            done.update(zip(batch, outputs, strict=True))
+        row_prompts = [prompts[c] for c, _ in rows]
+        seeds = [params.seed + i for _, i in rows]
+        if self.batching == "continuous":
+            from shared.inference.decode import Ends, generate
+
+            ends = Ends(self.tokenizer, self.eos_ids, params)
+            pad = self.tokenizer.pad_token_id
+            ids = generate(self.model, row_prompts, seeds, params, self.batch_size, ends, pad)
+            outputs = [self._completion(row, params) for row in ids]
+        else:
+            outputs = []
+            for start in range(0, len(rows), self.batch_size):
+                batch = slice(start, start + self.batch_size)
+                outputs += self._generate(row_prompts[batch], seeds[batch], params)
+        done = dict(zip(rows, outputs, strict=True))
         return [
             ChatResult([done[c, i] for i in range(params.n)], self.model_id)
             for c in range(len(conversations))
