@@ -2,10 +2,12 @@
 
 Modes, all on the same in-process model, the same prompts and greedy decoding:
 
-- ``sequential``: one conversation per ``generate`` call.
-- ``padded``: today's backend: rows sorted by prompt length, ``--batch-size`` rows per
+- ``sequential``: one conversation at a time (``batching: padded`` with batch 1).
+- ``padded``: ``batching: padded``: rows sorted by prompt length, ``--batch-size`` rows per
   ``generate`` call, left-padded; a finished row stays in its batch until the longest ends.
-- ``continuous``: transformers' continuous batching (``generate_batch``: a paged KV cache, a
+- ``continuous``: ``batching: continuous`` (the default, ``shared/inference/decode.py``): a
+  finished row leaves the batch at once and waiting rows are merged in.
+- ``paged``: transformers' own continuous batching (``generate_batch``: a paged KV cache, a
   finished row's place taken by a waiting one), with at most ``--batch-size`` rows at a time.
 
 Workloads:
@@ -15,13 +17,14 @@ Workloads:
   long budget; rows stop at their end-of-sequence at widely different lengths, which is where
   continuous batching should matter most.
 
-Each mode's greedy tokens are compared with ``padded``'s ("same tokens"). The compute bound is a
-matmul rate measured here in the model's dtype divided by 2 x parameters FLOPs per generated
-token; the CPU, its bfloat16 flags and what ``inference.dtype: auto`` picks head the output.
+Each mode's greedy text and token count are compared with ``padded``'s ("same tokens").
+The compute bound is a matmul rate measured here in the model's dtype divided by
+2 x parameters FLOPs per generated token; the CPU, its bfloat16 flags and what
+``inference.dtype: auto`` picks head the output.
 
     python benchmarks/inference.py --workload fixed --prompts 16 --max-new-tokens 32 --batch-size 16
     python benchmarks/inference.py --workload varying --prompts 32 --max-new-tokens 256 \\
-        --batch-size 32 --modes padded,continuous
+        --batch-size 32 --modes padded,continuous,paged
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,13 +43,14 @@ import torch
 
 from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
-from shared.inference import TransformersBackend, load_backend
+from shared.inference import Completion, TransformersBackend, load_backend
 from shared.inference.hardware import resolve_dtype, set_threads
 from shared.method.prompts import load_prompts
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared/datasets/benchmarks/gsm8k/test.jsonl"
 INSTRUCTION = "Solve step by step and put the final answer in \\boxed{}."
 BF16_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+Mode = Callable[[TransformersBackend, list, SamplingParams], list[Completion]]
 # Environment variables that restrict the kernels torch, oneDNN and MKL may use (the AVX2
 # imitation of docs/benchmarks.md).
 ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
@@ -90,40 +95,21 @@ def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> fl
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def padded(backend: TransformersBackend, convs: list, params: SamplingParams) -> list[list[int]]:
-    """Generated token ids per conversation, through the backend's own batched path."""
-    prompts = [backend._prompt_ids(c) for c in convs]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: dict[int, list[int]] = {}
-    for start in range(0, len(order), backend.batch_size):
-        batch = order[start : start + backend.batch_size]
-        enc = backend.tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, return_tensors="pt")
-        with torch.inference_mode():
-            ids = backend.model.generate(
-                **enc,
-                do_sample=False,
-                max_new_tokens=params.max_new_tokens,
-                pad_token_id=backend.tokenizer.pad_token_id,
-                eos_token_id=sorted(backend.eos_ids),
-            )
-        for i, row in zip(batch, ids[:, enc["input_ids"].shape[1] :].tolist(), strict=True):
-            out[i] = until_end(row, backend)
-    return [out[i] for i in range(len(convs))]
+def through_backend(batching: str, batch_size: int | None = None) -> Mode:
+    """A mode that is the backend's own ``chat`` with ``batching`` (and, if given, batch size)."""
+
+    def mode(backend: TransformersBackend, convs: list, params: SamplingParams) -> list[Completion]:
+        saved = backend.batching, backend.batch_size
+        backend.batching, backend.batch_size = batching, batch_size or backend.batch_size
+        try:
+            return [r.completions[0] for r in backend.chat(convs, params)]
+        finally:
+            backend.batching, backend.batch_size = saved
+
+    return mode
 
 
-def sequential(
-    backend: TransformersBackend, convs: list, params: SamplingParams
-) -> list[list[int]]:
-    size, backend.batch_size = backend.batch_size, 1
-    try:
-        return padded(backend, convs, params)
-    finally:
-        backend.batch_size = size
-
-
-def continuous(
-    backend: TransformersBackend, convs: list, params: SamplingParams
-) -> list[list[int]]:
+def paged(backend: TransformersBackend, convs: list, params: SamplingParams) -> list[Completion]:
     """transformers' continuous batching, at most ``batch_size`` rows decoding at once."""
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -149,66 +135,14 @@ def continuous(
         )
     # Request ids end with the prompt's index.
     by_index = {int(rid.rsplit("_", 1)[1]): o.generated_tokens for rid, o in outputs.items()}
-    return [until_end(list(by_index[i]), backend) for i in range(len(prompts))]
+    return [backend._completion(list(by_index[i]), params) for i in range(len(prompts))]
 
 
-def shrinking(backend: TransformersBackend, convs: list, params: SamplingParams) -> list[list[int]]:
-    """The padded batch, but a finished row leaves it: its KV-cache row is dropped
-    (``DynamicCache.batch_select_indices``), so later steps compute only the live rows."""
-    from transformers import DynamicCache
-
-    model, eos = backend.model, backend.eos_ids
-    prompts = [backend._prompt_ids(c) for c in convs]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: dict[int, list[int]] = {i: [] for i in order}
-    for start in range(0, len(order), backend.batch_size):
-        alive = torch.tensor(order[start : start + backend.batch_size])
-        enc = backend.tokenizer.pad(
-            {"input_ids": [prompts[i] for i in alive.tolist()]}, return_tensors="pt"
-        )
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
-        cache = DynamicCache()
-        with torch.inference_mode():
-            logits = model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache
-            ).logits[:, -1]
-            while True:
-                tokens = logits.argmax(-1)
-                keep = []
-                for k, (row, token) in enumerate(zip(alive.tolist(), tokens.tolist(), strict=True)):
-                    out[row].append(token)
-                    if token not in eos and len(out[row]) < params.max_new_tokens:
-                        keep.append(k)
-                if not keep:
-                    break
-                if len(keep) < len(alive):
-                    index = torch.tensor(keep)
-                    cache.batch_select_indices(index)
-                    alive, mask, tokens = alive[index], mask[index], tokens[index]
-                mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
-                logits = model(
-                    input_ids=tokens[:, None],
-                    attention_mask=mask,
-                    position_ids=mask.sum(-1, keepdim=True) - 1,
-                    cache=cache,
-                ).logits[:, -1]
-    return [out[i] for i in range(len(convs))]
-
-
-def until_end(ids: list[int], backend: TransformersBackend) -> list[int]:
-    """The generated ids up to and including the first end-of-sequence (padding dropped)."""
-    end = next((k for k, t in enumerate(ids) if t in backend.eos_ids), None)
-    if end is None:
-        return [t for t in ids if t != backend.tokenizer.pad_token_id]
-    return ids[: end + 1]
-
-
-MODES = {
-    "sequential": sequential,
-    "padded": padded,
-    "shrinking": shrinking,
-    "continuous": continuous,
+MODES: dict[str, Mode] = {
+    "sequential": through_backend("padded", batch_size=1),
+    "padded": through_backend("padded"),
+    "continuous": through_backend("continuous"),
+    "paged": paged,
 }
 
 
@@ -221,22 +155,23 @@ def measure(args: argparse.Namespace, dtype: str) -> None:
     params = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)
     gflops = matmul_gflops(backend.model.dtype)
     bound = gflops * 1e9 / (2 * sum(p.numel() for p in backend.model.parameters()))
-    runs = {}
+    runs: dict[str, tuple[list[Completion], float]] = {}
     for name in args.modes.split(","):
         warm = params.model_copy(update={"max_new_tokens": 4})
         MODES[name](backend, convs[:2], warm)  # first-call costs out of the timing
         start = time.perf_counter()
         runs[name] = (MODES[name](backend, convs, params), time.perf_counter() - start)
-    for name, (ids, seconds) in runs.items():
-        lengths = [len(row) for row in ids]
+    for name, (completions, seconds) in runs.items():
+        lengths = [c.tokens for c in completions]
         rate = sum(lengths) / seconds
         same = "-"
         if "padded" in runs:
-            same = f"{sum(a == b for a, b in zip(ids, runs['padded'][0], strict=True))}"
+            pairs = zip(completions, runs["padded"][0], strict=True)
+            same = f"{sum(a.text == b.text and a.tokens == b.tokens for a, b in pairs)}"
         print(
             f"| {dtype} | {name} | {sum(lengths)} | {min(lengths)}-"
             f"{statistics.median(lengths):.0f}-{max(lengths)} | {seconds:.1f} | {rate:.1f} | "
-            f"{rate / bound:.1%} | {same} of {len(ids)} |"
+            f"{rate / bound:.1%} | {same} of {len(completions)} |"
         )
     print(f"compute bound {dtype}: {gflops:.1f} GFLOP/s matmul -> {bound:.0f} tokens/s")
     backend.close()
@@ -245,7 +180,7 @@ def measure(args: argparse.Namespace, dtype: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", choices=("fixed", "varying"), default="fixed")
-    parser.add_argument("--modes", default="sequential,padded,shrinking,continuous")
+    parser.add_argument("--modes", default="sequential,padded,continuous,paged")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
