@@ -115,6 +115,14 @@ def apply_stops(text: str, params: SamplingParams) -> tuple[str, bool]:
     return text, stopped
 
 
+def answer_line_ended(tokenizer: Any, ids: list[int]) -> bool:
+    """Whether the last token of the generated ``ids`` ends a line stating the final answer
+    (decoding the whole text only when that token holds a newline)."""
+    return (
+        "\n" in tokenizer.decode(ids[-1:]) and ANSWER_LINE.search(tokenizer.decode(ids)) is not None
+    )
+
+
 class AnswerLineStop:
     """Stopping criterion of ``generate``: a row is done once a line stating its final answer
     has ended, so the batch stops spending compute on rows whose answer is written."""
@@ -126,12 +134,8 @@ class AnswerLineStop:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
         import torch
 
-        last = self.tokenizer.batch_decode(input_ids[:, -1:])
-        done = [
-            "\n" in piece
-            and ANSWER_LINE.search(self.tokenizer.decode(row[self.prompt_length :])) is not None
-            for piece, row in zip(last, input_ids, strict=True)
-        ]
+        generated = input_ids[:, self.prompt_length :].tolist()
+        done = [answer_line_ended(self.tokenizer, ids) for ids in generated]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from shared.core.messages import SamplingParams
-from shared.inference import ANSWER_LINE, draw
+from shared.inference import answer_line_ended, draw
 
 
 @dataclass
@@ -56,9 +56,7 @@ class Ends:
             tail = self.tokenizer.decode(ids[-self.tail :])
             if any(s in tail for s in self.params.stop):
                 return True
-        if self.params.stop_after_answer and "\n" in self.tokenizer.decode(ids[-1:]):
-            return ANSWER_LINE.search(self.tokenizer.decode(ids)) is not None
-        return False
+        return self.params.stop_after_answer and answer_line_ended(self.tokenizer, ids)
 
 
 def generate(
