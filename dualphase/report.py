@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session
 
 from dualphase.run_story import Section, story
 from shared.core.db import CheckpointRow, EvalResult, EvalSampleRow, make_engine, make_sessionmaker
+from shared.core.messages import BASE_CHECKPOINT_ID
 from shared.core.settings import Settings
-from shared.method.evaluation import BASE_CHECKPOINT_ID, MODES, BenchmarkSummary
+from shared.method.evaluation import MODES, BenchmarkSummary
 from shared.method.stats import format_difference, paired_difference
 
 STAGES = ("M0", "M1", "M2", "oracle")

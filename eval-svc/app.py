@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from eval_svc.handler import handle
 from shared.core.budgets import eval_errors, stop_on_errors
 from shared.core.bus import Consumer
@@ -15,6 +17,7 @@ from shared.inference.model import context_length
 
 def main() -> None:
     settings = load_settings()
+    os.nice(settings.eval.nice)
     engine, sessions, publisher = setup(settings)
     context = context_length(settings.inference)
     stop_on_errors("eval-svc", eval_errors(settings, context) if context else [])

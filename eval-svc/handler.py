@@ -7,6 +7,11 @@ unless the message is itself the M0 checkpoint, the run's base model under the c
 Idempotency: the samples and the summary of one (checkpoint, benchmark, mode) are written in one
 transaction with ``insert_ignore``; a (checkpoint, benchmark, mode) that already has its
 ``eval_results`` row is not evaluated again, so a redelivered message only skips work.
+
+A checkpoint that is the base model under the base model's prompt (M1 when phase 1 kept no row
+and its training was skipped) gets a copy of M0's results instead of a second evaluation: the
+same weights, prompt and problems give the same answers, and on a CPU the evaluation takes
+minutes the generator needs.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.core.db import EvalResult, EvalSampleRow, Run, insert_ignore, transaction
-from shared.core.messages import CheckpointReady
+from shared.core.messages import BASE_CHECKPOINT_ID, CheckpointReady
 from shared.core.settings import Settings
 from shared.inference import OneModel
+from shared.inference.hardware import set_threads
+from shared.inference.model import resolve_model
 from shared.method.evaluation import (
-    BASE_CHECKPOINT_ID,
     BenchmarkSummary,
     evaluate,
     load_benchmarks,
@@ -80,6 +86,50 @@ def done(session: Session, run_id: str, checkpoint_id: str) -> set[tuple[str, st
     return {(benchmark, mode) for benchmark, mode in rows}
 
 
+def copy_results(
+    session: Session, run_id: str, source: str, target: str, pairs: set[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Copy the samples and summaries of checkpoint ``source`` for the (benchmark, mode)
+    ``pairs`` it has to checkpoint ``target``; the pairs copied."""
+    summaries = session.scalars(
+        select(EvalResult).where(EvalResult.run_id == run_id, EvalResult.checkpoint_id == source)
+    ).all()
+    copied = {(r.benchmark, r.mode) for r in summaries} & pairs
+    samples = session.scalars(
+        select(EvalSampleRow).where(
+            EvalSampleRow.run_id == run_id, EvalSampleRow.checkpoint_id == source
+        )
+    ).all()
+    columns = ("problem_id", "sample", "turns", "tokens", "extracted", "correct")
+    rows = [
+        dict(run_id=run_id, checkpoint_id=target, benchmark=s.benchmark, mode=s.mode)
+        | {c: getattr(s, c) for c in columns}
+        for s in samples
+        if (s.benchmark, s.mode) in copied
+    ]
+    for chunk in _chunks(rows):
+        insert_ignore(session, EvalSampleRow, chunk)
+    columns = ("problems", "samples", "accuracy", "ci95", "mean_tokens", "median_tokens")
+    insert_ignore(
+        session,
+        EvalResult,
+        [
+            dict(run_id=run_id, checkpoint_id=target, benchmark=r.benchmark, mode=r.mode)
+            | {c: getattr(r, c) for c in columns}
+            for r in summaries
+            if (r.benchmark, r.mode) in copied
+        ],
+    )
+    return copied
+
+
+def is_base(target: Target, base: Target, settings: Settings) -> bool:
+    """Whether ``target`` is ``base``'s model under ``base``'s prompt."""
+    resolved = [resolve_model(t.model, settings.inference) for t in (target, base)]
+    prompts = [model_prompt(model, settings) for model in resolved]
+    return resolved[0] == resolved[1] and prompts[0] == prompts[1]
+
+
 def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     for i in range(0, len(rows), INSERT_CHUNK):
         yield rows[i : i + INSERT_CHUNK]
@@ -128,7 +178,7 @@ def handle(
     backend_for: OneModel,
 ) -> list[BenchmarkSummary]:
     """Evaluate what this message calls for and has not been evaluated yet."""
-    config = settings.eval
+    config, inference = settings.eval, settings.inference
     with sessions() as session:
         plan = [
             (t, done(session, msg.run_id, t.checkpoint_id)) for t in targets(msg, settings, session)
@@ -137,9 +187,23 @@ def handle(
     summaries: list[BenchmarkSummary] = []
     with Grader(config.grade_timeout_s, config.grade_workers) as grader:
         for target, finished in plan:
-            if all((b, m) in finished for b in benchmarks for m in target.modes):
+            missing = {(b, m) for b in benchmarks for m in target.modes} - finished
+            if missing and target.stage != "M0" and is_base(target, plan[0][0], settings):
+                with transaction(sessions) as session:
+                    copied = copy_results(
+                        session, msg.run_id, plan[0][0].checkpoint_id, target.checkpoint_id, missing
+                    )
+                log.info(
+                    "%s is the base model with the base prompt: %d of M0's evaluations copied",
+                    target.checkpoint_id,
+                    len(copied),
+                )
+                finished, missing = finished | copied, missing - copied
+            if not missing:
                 continue
-            backend = backend_for(target.model)
+            backend = backend_for(target.model)  # loading one sets inference.threads
+            threads = set_threads(inference.threads if config.threads is None else config.threads)
+            log.info("%s: %d torch threads", target.checkpoint_id, threads)
             prompt = model_prompt(target.model, settings)  # the prompt it was trained with
             for mode in target.modes:
                 todo = {b: p for b, p in benchmarks.items() if (b, mode) not in finished}

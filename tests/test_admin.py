@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -24,13 +25,22 @@ from generator_svc.handler import GeneratorStats, handle_jobs
 from sampler_svc.admin import admin_router
 from shared.core.bus import Publisher, ensure_topics, topic_name
 from shared.core.db import GenerationRow, Problem, Run, make_engine, make_sessionmaker
-from shared.core.messages import ALL_TOPICS, PROBLEMS, ProblemJob
+from shared.core.messages import (
+    ALL_TOPICS,
+    BASE_CHECKPOINT_ID,
+    CHECKPOINTS,
+    PROBLEMS,
+    CheckpointReady,
+    Message,
+    ProblemJob,
+)
 from shared.core.runs import phase1_job
 from shared.core.service import make_app, serve_http
 from shared.core.settings import CommonSettings, Settings
 from shared.method.prompts import load_prompts
 from trainer_svc.app import gpu_check
 
+M = TypeVar("M", bound=Message)
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PROBLEMS_JSON = [
@@ -68,27 +78,30 @@ def admin(common: CommonSettings, db_url: str) -> Iterator[Admin]:
     admin.close()
 
 
-def published_jobs(common: CommonSettings, run_id: str, expected: int) -> list[ProblemJob]:
+def published(
+    common: CommonSettings, topic: str, model: type[M], run_id: str, expected: int
+) -> list[M]:
+    """The run's messages on ``topic``, read without a consumer group until ``expected``."""
     consumer = KafkaConsumer(
-        topic_name(common, PROBLEMS),
+        topic_name(common, topic),
         bootstrap_servers=common.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
         consumer_timeout_ms=5000,
     )
-    jobs = []
+    found: list[M] = []
     try:
         for record in consumer:
-            job = ProblemJob.model_validate_json(record.value)
-            jobs += [job] if job.run_id == run_id else []
-            if len(jobs) == expected:
+            message = model.model_validate_json(record.value)
+            found += [message] if message.run_id == run_id else []
+            if len(found) == expected:
                 break
     finally:
         consumer.close()
-    return jobs
+    return found
 
 
-def test_submit_run_records_problems_with_the_phase_split_and_publishes_phase1_jobs(
+def test_submit_run_records_problems_publishes_phase1_jobs_and_the_base_model(
     admin: Admin, common: CommonSettings
 ) -> None:
     reply = admin.client.post(
@@ -105,9 +118,12 @@ def test_submit_run_records_problems_with_the_phase_split_and_publishes_phase1_j
             ).all()
         )
     assert phases == {"a": 1, "b": 1, "c": 2}
-    jobs = published_jobs(common, run_id, expected=2)
+    jobs = published(common, PROBLEMS, ProblemJob, run_id, 2)
     assert sorted(j.problem_id for j in jobs) == ["a", "b"]
     assert all(j.kind == "dialogue" and j.params.seed == 5 for j in jobs)
+    # The base model is announced for evaluation at once, under the base checkpoint id.
+    [base] = published(common, CHECKPOINTS, CheckpointReady, run_id, 1)
+    assert (base.checkpoint_id, base.stage, base.path) == (BASE_CHECKPOINT_ID, "M0", "embedded")
 
 
 def test_submit_run_accepts_jsonl_text(admin: Admin) -> None:

@@ -27,13 +27,12 @@ from shared.core.db import (
     make_sessionmaker,
     transaction,
 )
-from shared.core.messages import CheckpointReady, SamplingParams
+from shared.core.messages import BASE_CHECKPOINT_ID, CheckpointReady, SamplingParams
 from shared.core.settings import CommonSettings, EvalSettings, InferenceConfig, Settings
 from shared.datasets import BenchmarkProblem, load_benchmark
 from shared.inference import Backend, ChatResult, OneModel, load_backend
 from shared.inference.model import resolve_model
 from shared.method.evaluation import (
-    BASE_CHECKPOINT_ID,
     CORRECT_PROMPT,
     SELF_REWARDING_SUFFIX,
     SELF_REWARDING_SYSTEM,
@@ -234,7 +233,9 @@ def test_self_rewarding_corrects_only_the_samples_judged_wrong(
         assert r.extracted == extract_answer(r.final())
 
 
-def test_eval_svc_stores_checkpoint_and_base_results_once(pg_url: str) -> None:
+def test_eval_svc_stores_checkpoint_and_base_results_once_and_copies_them_to_an_untrained_m1(
+    pg_url: str, tmp_path: Path
+) -> None:
     run_id = f"eval-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         common=CommonSettings(database_url=pg_url),
@@ -252,8 +253,11 @@ def test_eval_svc_stores_checkpoint_and_base_results_once(pg_url: str) -> None:
     sessions = make_sessionmaker(engine)
     with transaction(sessions) as session:
         session.add(Run(id=run_id, config=settings.model_dump(mode="json")))
-    # The "trained" checkpoint is the embedded model's folder: any model folder will do.
-    path = resolve_model("embedded", settings.inference)
+    # The "trained" checkpoint: the embedded model's folder under another path, so that it is
+    # not taken for the base model (any model folder will do).
+    base_path = resolve_model("embedded", settings.inference)
+    (tmp_path / "m1").symlink_to(base_path)
+    path = str(tmp_path / "m1")
     msg = CheckpointReady(run_id=run_id, checkpoint_id=f"{run_id}-m1", stage="M1", path=path)
 
     summaries = handle(msg, settings, sessions, OneModel(settings.inference))
@@ -291,6 +295,31 @@ def test_eval_svc_stores_checkpoint_and_base_results_once(pg_url: str) -> None:
             select(func.count()).select_from(EvalSampleRow).where(EvalSampleRow.run_id == run_id)
         )
         assert session.scalar(count) == 6
+
+    # An M1 whose training was skipped (an empty shard) is the base model with the base prompt:
+    # it gets copies of M0's results, and no model is loaded.
+    def no_model(model: str) -> Backend:
+        raise AssertionError(f"{model} was loaded")
+
+    untrained = msg.model_copy(update={"checkpoint_id": f"{run_id}-m1b", "path": base_path})
+    assert handle(untrained, settings, sessions, no_model) == []  # type: ignore[arg-type]
+    with sessions() as session:
+
+        def results(checkpoint_id: str) -> tuple[list[tuple], list[tuple]]:
+            where = (EvalResult.run_id == run_id, EvalResult.checkpoint_id == checkpoint_id)
+            summaries = session.scalars(select(EvalResult).where(*where)).all()
+            where = (EvalSampleRow.run_id == run_id, EvalSampleRow.checkpoint_id == checkpoint_id)
+            samples = session.scalars(
+                select(EvalSampleRow).where(*where, EvalSampleRow.mode == "base")
+            ).all()
+            return (
+                [(r.benchmark, r.mode, r.problems, r.accuracy, r.mean_tokens) for r in summaries],
+                sorted((r.problem_id, r.sample, r.turns, r.tokens, r.correct) for r in samples),
+            )
+
+        copied, base = results(untrained.checkpoint_id), results(BASE_CHECKPOINT_ID)
+        assert copied[0] == [x for x in base[0] if x[1] == "base"] and len(copied[0]) == 1
+        assert copied[1] == base[1] and len(copied[1]) == 2
     engine.dispose()
 
 

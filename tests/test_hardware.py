@@ -130,3 +130,31 @@ def test_inference_dtype_reports_the_choice_for_status(fake_cpu) -> None:
     assert status["dtype"] == "bfloat16" and status["device"] == "cpu"
     assert "AMX" in status["reason"]
     assert hardware.inference_dtype(InferenceConfig(backend="openai"))["device"] == "server"
+
+
+def busy_processes(count: int) -> list[subprocess.Popen[bytes]]:
+    """``count`` processes that each keep one core busy until killed."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def test_idle_cores_leaves_out_the_cores_other_processes_keep_busy() -> None:
+    cores = len(os.sched_getaffinity(0))
+    spinners = busy_processes(cores)  # every core busy: a job starting now gets the minimum
+    try:
+        assert hardware.idle_cores(window_s=1.0) == 1
+        torch.set_num_threads(cores)
+        assert hardware.set_threads("idle") == 1 and torch.get_num_threads() == 1
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def test_idle_cores_does_not_count_the_process_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 cores, 170% busy in all, 150% of it this process's own: 3.8 cores idle to it -> 4."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(hardware.psutil, "cpu_percent", lambda **kw: [90.0, 80.0, 0.0, 0.0])
+    monkeypatch.setattr(hardware.psutil.Process, "cpu_percent", lambda self, interval: 150.0)
+    assert hardware.idle_cores(window_s=0.0) == 4
+    monkeypatch.setattr(hardware.psutil.Process, "cpu_percent", lambda self, interval: 0.0)
+    assert hardware.idle_cores(window_s=0.0) == 2  # 1.7 cores busy with others: 2.3 idle

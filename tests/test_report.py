@@ -20,7 +20,7 @@ from shared.core.db import (
     make_sessionmaker,
     transaction,
 )
-from shared.method.evaluation import BASE_CHECKPOINT_ID
+from shared.core.messages import BASE_CHECKPOINT_ID
 
 # (checkpoint, mode) -> (accuracy on gsm8k, on math500); tokens grow with the stage.
 RESULTS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -34,7 +35,8 @@ def gpu_check(num_gpus: int) -> dict[str, str]:
 
 def main() -> None:
     settings = load_settings()
-    if settings.trainer.threads:
+    os.nice(settings.trainer.nice)
+    if settings.trainer.threads not in (0, "idle"):  # "idle" is chosen for each job
         set_threads(settings.trainer.threads)
     engine, sessions, publisher = setup(settings)
     hardware = resolve_dtype("auto")

@@ -162,6 +162,11 @@ class ShardManifest(Message):
     files: list[ShardFile]
 
 
+# checkpoint_id of a run's base model (M0): announced when the run is submitted, so that it is
+# evaluated while phase 1 generates; every later checkpoint's message names it again.
+BASE_CHECKPOINT_ID = "base"
+
+
 class CheckpointReady(Message):
     """On ``checkpoints``: a trained model is ready for sampling and evaluation."""
 

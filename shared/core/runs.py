@@ -29,8 +29,11 @@ from shared.core.db import (
     insert_ignore,
 )
 from shared.core.messages import (
+    BASE_CHECKPOINT_ID,
+    CHECKPOINTS,
     DIALOGUES,
     PROBLEMS,
+    CheckpointReady,
     Dialogue,
     Generation,
     ProblemJob,
@@ -111,7 +114,8 @@ def submit_run(
     seed: int = 0,
     run_id: str = "",
 ) -> str:
-    """Record the run and its problems, then publish the phase-1 dialogue jobs."""
+    """Record the run and its problems, then publish the phase-1 dialogue jobs and the base
+    model (M0) for evaluation."""
     run_id = run_id or f"run-{uuid.uuid4().hex[:8]}"
     rows = [
         dict(
@@ -132,6 +136,12 @@ def submit_run(
         session.flush()
         insert_ignore(session, Problem, rows)
     republish_unfinished(settings, sessions, publisher, run_id)
+    # M0 depends on nothing: evaluated now, it shares the machine with phase 1's few dialogues
+    # rather than with phase 2's sampling. Should this message be lost, M1's names M0 again.
+    base = CheckpointReady(
+        run_id=run_id, checkpoint_id=BASE_CHECKPOINT_ID, stage="M0", path=settings.inference.model
+    )
+    publisher.publish(CHECKPOINTS, base)
     return run_id
 
 

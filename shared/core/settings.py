@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,6 +25,10 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "DUALPHASE_CONFIG"
+
+# Torch CPU threads: a count (0: every core the process may use), or "idle": the cores no other
+# process is busy on when a job starts (shared/inference/hardware.py, idle_cores).
+Threads = Annotated[int, Field(ge=0)] | Literal["idle"]
 
 
 class Section(BaseModel):
@@ -151,8 +155,11 @@ class InferenceConfig(Section):
     retry_backoff_s: float = Field(
         0.5, gt=0, description="First back-off before an OpenAI retry (doubles, capped at 30 s)."
     )
-    threads: int = Field(
-        0, ge=0, description="Torch CPU threads; 0 means every core this process may run on."
+    threads: Threads = Field(
+        0,
+        description="Torch CPU threads of in-process backends: a number (0: every core this "
+        "process may run on), or 'idle', the cores no other process is busy on (measured over "
+        "2 s) when the generator starts, or when eval-svc starts on a model (eval.threads).",
     )
     max_lora_rank: int = Field(64, ge=1, description="vLLM: largest LoRA rank an adapter may have.")
     serve_command: str = Field(
@@ -344,8 +351,19 @@ class TrainerSettings(Section):
     save_total_limit: int = Field(2, ge=1, description="Resumable checkpoints kept per shard.")
     logging_steps: int = Field(10, ge=1, description="Log loss and tokens/s every N updates.")
     seed: int = Field(42, description="Seed of data order and initialisation of LoRA weights.")
-    threads: int = Field(
-        0, ge=0, description="Torch CPU threads of the trainer process (0: one per core)."
+    threads: Threads = Field(
+        0,
+        description="Torch CPU threads of the trainer: a number (0: one per core), or 'idle', "
+        "the cores no other process is busy on when a training job starts (measured over 2 s): "
+        "a job that runs alone uses every core, one beside the generator leaves it its core.",
+    )
+    nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Scheduling niceness of the trainer process (0-19). Above 0, where services "
+        "share a CPU, a core goes to the generator first: its sampling, not the oracle arm's "
+        "training, decides when a run ends.",
     )
     lora: bool = Field(False, description="Train a LoRA adapter instead of all weights.")
     lora_r: int = Field(64, ge=1, description="LoRA rank.")
@@ -432,6 +450,18 @@ class EvalSettings(Section):
     seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
     grade_timeout_s: float = Field(5.0, gt=0, description="Time limit for grading one answer.")
     grade_workers: int = Field(1, ge=1, description="Grading worker processes.")
+    threads: Threads | None = Field(
+        None,
+        description="Torch CPU threads of eval-svc, chosen again for each model it evaluates: "
+        "as inference.threads (a number, 0, or 'idle'); unset, inference.threads.",
+    )
+    nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Scheduling niceness of eval-svc (0-19). Above 0, where services share a CPU, "
+        "a core goes to the generator first, as trainer.nice.",
+    )
 
 
 class RunSettings(Section):

@@ -19,9 +19,10 @@ import time
 from dataclasses import asdict, dataclass
 from functools import cache
 
+import psutil
 import torch
 
-from shared.core.settings import InferenceConfig
+from shared.core.settings import InferenceConfig, Threads
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,25 @@ def choose_cpu(cpu: CpuBf16) -> DtypeChoice:
     return DtypeChoice("float32", "cpu", f"bfloat16 not faster here: {cpu.describe()}")
 
 
-def set_threads(threads: int) -> None:
-    """torch's default counts the host's cores; 0 here means the cores this process may use.
-    On a machine shared with other busy processes, fewer threads are much faster."""
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+def idle_cores(window_s: float = 2.0) -> int:
+    """The cores of this process's affinity that other processes left idle over ``window_s``
+    (at least one): what a job starting now can use without taking a core from another."""
+    cores = sorted(os.sched_getaffinity(0))
+    me = psutil.Process()
+    me.cpu_percent(None)
+    busy = psutil.cpu_percent(interval=window_s, percpu=True)
+    others = (sum(busy[c] for c in cores if c < len(busy)) - me.cpu_percent(None)) / 100
+    return max(1, round(len(cores) - others))
+
+
+def set_threads(threads: Threads) -> int:
+    """Set torch's CPU threads; returns how many. torch's default counts the host's cores; 0
+    here means the cores this process may use, "idle" those no other process is busy on now
+    (``idle_cores``). On a machine shared with other busy processes, fewer threads are much
+    faster: a thread team waits for its slowest member."""
+    count = idle_cores() if threads == "idle" else threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(count)
+    return count
 
 
 def inference_dtype(cfg: InferenceConfig) -> dict[str, str]:

@@ -62,8 +62,6 @@ CORRECT_PROMPT = (
     "output a corrected final answer within \\boxed{}."
 )
 MODES = ("base", "think-twice", "self-rewarding")
-# eval_results.checkpoint_id of a run's base model when no M0 checkpoint message names it.
-BASE_CHECKPOINT_ID = "base"
 TURN_SEED_STRIDE = 1_000_003
 
 Message = dict[str, str]
