@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from generator_svc.handler import GeneratorStats, handle_jobs
 from shared.core.budgets import generator_errors, stop_on_errors
 from shared.core.bus import Consumer
@@ -9,9 +11,11 @@ from shared.core.messages import PROBLEMS, ProblemJob
 from shared.core.service import run_service, setup
 from shared.core.settings import load_settings
 from shared.inference import OneModel
-from shared.inference.hardware import inference_dtype
+from shared.inference.hardware import inference_dtype, set_threads
 from shared.inference.model import context_length
 from shared.method.prompts import load_prompts
+
+log = logging.getLogger(__name__)
 
 
 def main() -> None:
@@ -27,6 +31,8 @@ def main() -> None:
     backend_for = OneModel(settings.inference)
 
     def handle(jobs: list[ProblemJob]) -> None:
+        if settings.inference.threads == "idle":  # chosen again for each batch of jobs
+            log.info("%d torch threads (the idle cores)", set_threads("idle"))
         handle_jobs(
             jobs,
             sessions,

@@ -117,7 +117,7 @@ def choose_cpu(cpu: CpuBf16) -> DtypeChoice:
     return DtypeChoice("float32", "cpu", f"bfloat16 not faster here: {cpu.describe()}")
 
 
-def idle_cores(window_s: float = 2.0) -> int:
+def idle_cores(window_s: float = 1.0) -> int:
     """The cores of this process's affinity that other processes left idle over ``window_s``
     (at least one): what a job starting now can use without taking a core from another."""
     cores = sorted(os.sched_getaffinity(0))
