@@ -150,11 +150,27 @@ def test_idle_cores_leaves_out_the_cores_other_processes_keep_busy() -> None:
             spinner.wait()
 
 
-def test_idle_cores_does_not_count_the_process_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    """4 cores, 170% busy in all, 150% of it this process's own: 3.8 cores idle to it -> 4."""
+def test_idle_cores_does_not_count_the_process_itself_and_sees_past_a_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """4 cores. Snapshots of (time, per-core busy seconds, own CPU seconds) fed in order."""
+    from collections import namedtuple
+
+    Times = namedtuple("Times", "user idle")  # busy = user
+
+    def snap(t: float, busy: list[float], own: float) -> hardware.Snapshot:
+        return t, [Times(b, 0.0) for b in busy], own
+
+    snapshots: list[hardware.Snapshot] = []
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(hardware.psutil, "cpu_percent", lambda **kw: [90.0, 80.0, 0.0, 0.0])
-    monkeypatch.setattr(hardware.psutil.Process, "cpu_percent", lambda self, interval: 150.0)
-    assert hardware.idle_cores(window_s=0.0) == 4
-    monkeypatch.setattr(hardware.psutil.Process, "cpu_percent", lambda self, interval: 0.0)
-    assert hardware.idle_cores(window_s=0.0) == 2  # 1.7 cores busy with others: 2.3 idle
+    monkeypatch.setattr(hardware, "_snapshot", lambda: snapshots.pop(0))
+    monkeypatch.setattr(hardware, "_last", None)
+    # First call, over 1 s: 1.7 cores busy, 1.5 of them this process: 3.8 idle -> 4.
+    snapshots += [snap(0, [0, 0, 0, 0], 0), snap(1, [0.9, 0.8, 0, 0], 1.5)]
+    assert hardware.idle_cores(window_s=0) == 4
+    # 100 s later: others kept 1.7 cores busy, in the last second as in all 100: 2.3 idle -> 2.
+    snapshots += [snap(100, [90, 80, 0, 0], 1.5), snap(101, [90.9, 80.8, 0, 0], 1.5)]
+    assert hardware.idle_cores(window_s=0) == 2
+    # A burst: 2 cores busy in the last second, but 0.22 on average since the last call -> 4.
+    snapshots += [snap(200, [100.9, 90.8, 0, 0], 1.5), snap(201, [101.9, 91.8, 0, 0], 1.5)]
+    assert hardware.idle_cores(window_s=0) == 4

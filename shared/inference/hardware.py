@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from functools import cache
+from typing import Any
 
 import psutil
 import torch
@@ -117,14 +118,44 @@ def choose_cpu(cpu: CpuBf16) -> DtypeChoice:
     return DtypeChoice("float32", "cpu", f"bfloat16 not faster here: {cpu.describe()}")
 
 
+# (time, per-core CPU times, this process's CPU seconds) when idle_cores last ran here.
+Snapshot = tuple[float, list, float]
+_last: Snapshot | None = None
+
+
+def _snapshot() -> Snapshot:
+    own = psutil.Process().cpu_times()
+    return time.monotonic(), psutil.cpu_times(percpu=True), own.user + own.system
+
+
+def _others_busy(a: Snapshot, b: Snapshot, cores: list[int]) -> float:
+    """Cores' worth of CPU that other processes used on ``cores`` between two snapshots."""
+    (t0, cpus0, own0), (t1, cpus1, own1) = a, b
+
+    def busy(t: Any) -> float:
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    used = sum(busy(cpus1[c]) - busy(cpus0[c]) for c in cores if c < len(cpus1))
+    return max(0.0, used - (own1 - own0)) / max(t1 - t0, 1e-3)
+
+
 def idle_cores(window_s: float = 1.0) -> int:
-    """The cores of this process's affinity that other processes left idle over ``window_s``
-    (at least one): what a job starting now can use without taking a core from another."""
+    """The cores of this process's affinity that other processes leave idle (at least one): what
+    a job starting now can use without taking a core from another.
+
+    What the others use is the lesser of two measures: over the last ``window_s``, and since
+    this process last asked. A service that asks at each job start thereby sees past a burst at
+    that moment (the verifier grading the batch the generator just finished), and one that ran
+    beside a busy process sees that it has stopped."""
+    global _last
     cores = sorted(os.sched_getaffinity(0))
-    me = psutil.Process()
-    me.cpu_percent(None)
-    busy = psutil.cpu_percent(interval=window_s, percpu=True)
-    others = (sum(busy[c] for c in cores if c < len(busy)) - me.cpu_percent(None)) / 100
+    start = _snapshot()
+    time.sleep(window_s)
+    now = _snapshot()
+    others = _others_busy(start, now, cores)
+    if _last is not None:
+        others = min(others, _others_busy(_last, now, cores))
+    _last = now
     return max(1, round(len(cores) - others))
 
 
