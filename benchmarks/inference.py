@@ -9,6 +9,8 @@ Modes, all on the same in-process model, the same prompts and greedy decoding:
   finished row leaves the batch at once and waiting rows are merged in.
 - ``paged``: transformers' own continuous batching (``generate_batch``: a paged KV cache, a
   finished row's place taken by a waiting one), with at most ``--batch-size`` rows at a time.
+- ``static``: the padded batch with a static KV cache and the decode step compiled by
+  ``torch.compile`` (compiled in a warm-up outside the timing; its seconds are printed).
 
 Workloads:
 
@@ -138,11 +140,52 @@ def paged(backend: TransformersBackend, convs: list, params: SamplingParams) -> 
     return [backend._completion(list(by_index[i]), params) for i in range(len(prompts))]
 
 
+def static(
+    backend: TransformersBackend, convs: list, params: SamplingParams, warm_up: bool = False
+) -> list[Completion]:
+    """The padded batch with a static KV cache (no concatenation per step) and the decode step
+    compiled by ``torch.compile`` (inductor's C++ kernels on a CPU). Each batch has fixed shapes
+    (rows, prompt length + ``max_new_tokens``), so it compiles once per shape; ``warm_up`` runs
+    each batch for three tokens only, to compile outside the timing."""
+    from transformers import CompileConfig, StoppingCriteria
+
+    class ThreeTokens(StoppingCriteria):  # two of them from the compiled decode step
+        def __init__(self, prompt_length: int) -> None:
+            self.end = prompt_length + 3
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.end)
+
+    compile_config = CompileConfig(mode="default", dynamic=False)
+    compile_config._compile_all_devices = True  # transformers compiles only on accelerators else
+    prompts = sorted(enumerate(backend._prompt_ids(c) for c in convs), key=lambda p: len(p[1]))
+    done: dict[int, Completion] = {}
+    for start in range(0, len(prompts), backend.batch_size):
+        batch = prompts[start : start + backend.batch_size]
+        enc = backend.tokenizer.pad({"input_ids": [ids for _, ids in batch]}, return_tensors="pt")
+        with torch.inference_mode():
+            out = backend.model.generate(
+                **enc,
+                do_sample=False,
+                max_new_tokens=params.max_new_tokens,
+                cache_implementation="static",
+                compile_config=compile_config,
+                stopping_criteria=[ThreeTokens(enc["input_ids"].shape[1])] if warm_up else None,
+                pad_token_id=backend.tokenizer.pad_token_id,
+                eos_token_id=sorted(backend.eos_ids),
+            )
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
+        for (index, _), ids in zip(batch, new, strict=True):
+            done[index] = backend._completion(ids, params)
+    return [done[i] for i in range(len(convs))]
+
+
 MODES: dict[str, Mode] = {
     "sequential": through_backend("padded", batch_size=1),
     "padded": through_backend("padded"),
     "continuous": through_backend("continuous"),
     "paged": paged,
+    "static": static,
 }
 
 
@@ -157,8 +200,12 @@ def measure(args: argparse.Namespace, dtype: str) -> None:
     bound = gflops * 1e9 / (2 * sum(p.numel() for p in backend.model.parameters()))
     runs: dict[str, tuple[list[Completion], float]] = {}
     for name in args.modes.split(","):
-        warm = params.model_copy(update={"max_new_tokens": 4})
-        MODES[name](backend, convs[:2], warm)  # first-call costs out of the timing
+        start = time.perf_counter()  # first-call costs (and compilation) out of the timing
+        if name == "static":
+            static(backend, convs, params, warm_up=True)
+        else:
+            MODES[name](backend, convs[:2], params.model_copy(update={"max_new_tokens": 4}))
+        print(f"{dtype} {name}: warm-up {time.perf_counter() - start:.1f} s", flush=True)
         start = time.perf_counter()
         runs[name] = (MODES[name](backend, convs, params), time.perf_counter() - start)
     for name, (completions, seconds) in runs.items():
