@@ -135,7 +135,7 @@ def _others_busy(a: Snapshot, b: Snapshot, cores: list[int]) -> float:
     def busy(t: Any) -> float:
         return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
-    used = sum(busy(cpus1[c]) - busy(cpus0[c]) for c in cores if c < len(cpus1))
+    used = sum(busy(cpus1[c]) - busy(cpus0[c]) for c in cores)
     return max(0.0, used - (own1 - own0)) / max(t1 - t0, 1e-3)
 
 
