@@ -86,40 +86,29 @@ def done(session: Session, run_id: str, checkpoint_id: str) -> set[tuple[str, st
     return {(benchmark, mode) for benchmark, mode in rows}
 
 
+def _rows(session: Session, model: type, run_id: str, checkpoint_id: str) -> list[dict[str, Any]]:
+    """A checkpoint's rows of ``model`` as column values, without the generated ones."""
+    columns = [c.name for c in model.__table__.columns if c.name not in ("id", "created_at")]
+    found = session.scalars(
+        select(model).where(model.run_id == run_id, model.checkpoint_id == checkpoint_id)
+    )
+    return [{c: getattr(row, c) for c in columns} for row in found]
+
+
 def copy_results(
     session: Session, run_id: str, source: str, target: str, pairs: set[tuple[str, str]]
 ) -> set[tuple[str, str]]:
     """Copy the samples and summaries of checkpoint ``source`` for the (benchmark, mode)
     ``pairs`` it has to checkpoint ``target``; the pairs copied."""
-    summaries = session.scalars(
-        select(EvalResult).where(EvalResult.run_id == run_id, EvalResult.checkpoint_id == source)
-    ).all()
-    copied = {(r.benchmark, r.mode) for r in summaries} & pairs
-    samples = session.scalars(
-        select(EvalSampleRow).where(
-            EvalSampleRow.run_id == run_id, EvalSampleRow.checkpoint_id == source
-        )
-    ).all()
-    columns = ("problem_id", "sample", "turns", "tokens", "extracted", "correct")
-    rows = [
-        dict(run_id=run_id, checkpoint_id=target, benchmark=s.benchmark, mode=s.mode)
-        | {c: getattr(s, c) for c in columns}
-        for s in samples
-        if (s.benchmark, s.mode) in copied
-    ]
-    for chunk in _chunks(rows):
-        insert_ignore(session, EvalSampleRow, chunk)
-    columns = ("problems", "samples", "accuracy", "ci95", "mean_tokens", "median_tokens")
-    insert_ignore(
-        session,
-        EvalResult,
-        [
-            dict(run_id=run_id, checkpoint_id=target, benchmark=r.benchmark, mode=r.mode)
-            | {c: getattr(r, c) for c in columns}
-            for r in summaries
-            if (r.benchmark, r.mode) in copied
-        ],
-    )
+    summaries = _rows(session, EvalResult, run_id, source)
+    copied = {(r["benchmark"], r["mode"]) for r in summaries} & pairs
+    # Samples first, as ``store`` writes them: a summary row says its samples are there.
+    samples = _rows(session, EvalSampleRow, run_id, source)
+    for model, rows in ((EvalSampleRow, samples), (EvalResult, summaries)):
+        keep = [r for r in rows if (r["benchmark"], r["mode"]) in copied]
+        keep = [r | {"checkpoint_id": target} for r in keep]
+        for chunk in _chunks(keep):
+            insert_ignore(session, model, chunk)
     return copied
 
 
@@ -186,12 +175,13 @@ def handle(
     benchmarks = load_benchmarks(config)
     summaries: list[BenchmarkSummary] = []
     with Grader(config.grade_timeout_s, config.grade_workers) as grader:
+        base = plan[0][0]  # the run's base model comes first
         for target, finished in plan:
             missing = {(b, m) for b in benchmarks for m in target.modes} - finished
-            if missing and target.stage != "M0" and is_base(target, plan[0][0], settings):
+            if missing and target.stage != "M0" and is_base(target, base, settings):
                 with transaction(sessions) as session:
                     copied = copy_results(
-                        session, msg.run_id, plan[0][0].checkpoint_id, target.checkpoint_id, missing
+                        session, msg.run_id, base.checkpoint_id, target.checkpoint_id, missing
                     )
                 log.info(
                     "%s is the base model with the base prompt: %d of M0's evaluations copied",

@@ -138,13 +138,14 @@ def busy_processes(count: int) -> list[subprocess.Popen[bytes]]:
 
 
 def test_idle_cores_leaves_out_the_cores_other_processes_keep_busy() -> None:
-    cores = len(os.sched_getaffinity(0))
+    cores, threads = len(os.sched_getaffinity(0)), torch.get_num_threads()
     spinners = busy_processes(cores)  # every core busy: a job starting now gets the minimum
     try:
         assert hardware.idle_cores(window_s=1.0) == 1
         torch.set_num_threads(cores)
         assert hardware.set_threads("idle") == 1 and torch.get_num_threads() == 1
     finally:
+        torch.set_num_threads(threads)  # the worker's later tests keep their threads
         for spinner in spinners:
             spinner.kill()
             spinner.wait()

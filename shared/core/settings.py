@@ -158,8 +158,9 @@ class InferenceConfig(Section):
     threads: Threads = Field(
         0,
         description="Torch CPU threads of in-process backends: a number (0: every core this "
-        "process may run on), or 'idle', the cores no other process is busy on (measured over "
-        "1 s) when the generator starts on a batch of jobs, or eval-svc on a model.",
+        "process may run on), or 'idle', the cores no other process is busy on "
+        "(hardware.idle_cores) when the generator starts on a batch of jobs, or eval-svc on a "
+        "model.",
     )
     max_lora_rank: int = Field(64, ge=1, description="vLLM: largest LoRA rank an adapter may have.")
     serve_command: str = Field(
@@ -354,7 +355,7 @@ class TrainerSettings(Section):
     threads: Threads = Field(
         0,
         description="Torch CPU threads of the trainer: a number (0: one per core), or 'idle', "
-        "the cores no other process is busy on when a training job starts (measured over 1 s): "
+        "the cores no other process is busy on when a training job starts (hardware.idle_cores): "
         "a job that runs alone uses every core, one beside the generator leaves it its core.",
     )
     nice: int = Field(
