@@ -29,7 +29,7 @@ from shared.core.db import EvalResult, EvalSampleRow, Run, insert_ignore, transa
 from shared.core.messages import BASE_CHECKPOINT_ID, CheckpointReady
 from shared.core.settings import Settings
 from shared.inference import OneModel
-from shared.inference.hardware import set_threads
+from shared.inference.hardware import claim_threads
 from shared.inference.model import resolve_model
 from shared.method.evaluation import (
     BenchmarkSummary,
@@ -192,26 +192,27 @@ def handle(
             if not missing:
                 continue
             backend = backend_for(target.model)  # loading one sets inference.threads
-            threads = set_threads(inference.threads if config.threads is None else config.threads)
-            log.info("%s: %d torch threads", target.checkpoint_id, threads)
-            prompt = model_prompt(target.model, settings)  # the prompt it was trained with
-            for mode in target.modes:
-                todo = {b: p for b, p in benchmarks.items() if (b, mode) not in finished}
-                for summary in evaluate(
-                    config, backend, grader, todo, [mode], system=prompt.system
-                ):
-                    with transaction(sessions) as session:
-                        store(session, msg.run_id, target.checkpoint_id, summary)
-                    EVAL_ACCURACY.labels(
-                        msg.run_id, target.stage, target.checkpoint_id, summary.benchmark, mode
-                    ).set(summary.accuracy)
-                    log.info(
-                        "%s %s %s: pass@1 %.3f, %.0f tokens",
-                        target.checkpoint_id,
-                        summary.benchmark,
-                        mode,
-                        summary.accuracy,
-                        summary.mean_tokens,
-                    )
-                    summaries.append(summary)
+            threads = inference.threads if config.threads is None else config.threads
+            with claim_threads(threads) as count:
+                log.info("%s: %d torch threads", target.checkpoint_id, count)
+                prompt = model_prompt(target.model, settings)  # the prompt it was trained with
+                for mode in target.modes:
+                    todo = {b: p for b, p in benchmarks.items() if (b, mode) not in finished}
+                    for summary in evaluate(
+                        config, backend, grader, todo, [mode], system=prompt.system
+                    ):
+                        with transaction(sessions) as session:
+                            store(session, msg.run_id, target.checkpoint_id, summary)
+                        EVAL_ACCURACY.labels(
+                            msg.run_id, target.stage, target.checkpoint_id, summary.benchmark, mode
+                        ).set(summary.accuracy)
+                        log.info(
+                            "%s %s %s: pass@1 %.3f, %.0f tokens",
+                            target.checkpoint_id,
+                            summary.benchmark,
+                            mode,
+                            summary.accuracy,
+                            summary.mean_tokens,
+                        )
+                        summaries.append(summary)
     return summaries

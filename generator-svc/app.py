@@ -11,7 +11,7 @@ from shared.core.messages import PROBLEMS, ProblemJob
 from shared.core.service import run_service, setup
 from shared.core.settings import load_settings
 from shared.inference import OneModel
-from shared.inference.hardware import inference_dtype, set_threads
+from shared.inference.hardware import claim_threads, inference_dtype
 from shared.inference.model import context_length
 from shared.method.prompts import load_prompts
 
@@ -31,18 +31,18 @@ def main() -> None:
     backend_for = OneModel(settings.inference)
 
     def handle(jobs: list[ProblemJob]) -> None:
-        if settings.inference.threads == "idle":  # chosen again for each batch of jobs
-            log.info("%d torch threads (the idle cores)", set_threads("idle"))
-        handle_jobs(
-            jobs,
-            sessions,
-            backend_for,
-            prompts,
-            publisher.publish,
-            stats,
-            settings.sampler.inference_marker,
-            settings.generator.sampling_example,
-        )
+        with claim_threads(settings.inference.threads) as threads:  # "idle": for each batch
+            log.info("%d jobs on %d torch threads", len(jobs), threads)
+            handle_jobs(
+                jobs,
+                sessions,
+                backend_for,
+                prompts,
+                publisher.publish,
+                stats,
+                settings.sampler.inference_marker,
+                settings.generator.sampling_example,
+            )
 
     consumer = Consumer.subscribe(
         settings.common, "generator", PROBLEMS, handle, publisher, settings.inference.batch_size

@@ -24,6 +24,12 @@ AVX2_ONLY = {
 }
 
 
+@pytest.fixture(autouse=True)
+def own_claims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thread claims of jobs elsewhere on this host (other tests' services) stay out of these."""
+    monkeypatch.setenv("DUALPHASE_THREAD_CLAIMS", str(tmp_path / "claims"))
+
+
 @pytest.fixture
 def fake_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
     """Fake the CPU the detection sees: its ISA flags and the probe's matmul rates."""
@@ -175,3 +181,51 @@ def test_idle_cores_does_not_count_the_process_itself_and_sees_past_a_burst(
     # A burst: 2 cores busy in the last second, but 0.22 on average since the last call -> 4.
     snapshots += [snap(200, [100.9, 90.8, 0, 0], 1.5), snap(201, [101.9, 91.8, 0, 0], 1.5)]
     assert hardware.idle_cores(window_s=0) == 4
+
+
+def test_threads_claimed_by_a_job_count_while_its_process_lives(tmp_path: Path) -> None:
+    """A job that claimed every core but is not busy yet (still loading its model) leaves a job
+    starting now one thread; once its process dies, even without releasing, the claim is void."""
+    cores = len(os.sched_getaffinity(0))
+    job = subprocess.Popen(
+        [sys.executable, "-c", CLAIM_EVERY_CORE],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    try:
+        assert int(job.stdout.readline()) == cores  # claimed, then sleeping
+        assert hardware.claimed_by_others() == cores
+        assert hardware.idle_cores(window_s=0.2) == 1
+    finally:
+        job.kill()
+        job.wait()
+    assert (tmp_path / "claims" / f"{job.pid}.threads").is_file()  # killed: nothing released it
+    assert hardware.claimed_by_others() == 0
+
+
+CLAIM_EVERY_CORE = """
+import os, time
+from shared.inference import hardware
+hardware.idle_cores = lambda: len(os.sched_getaffinity(0))  # as on an idle machine
+with hardware.claim_threads("idle") as count:
+    print(count, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_claim_is_released_when_the_job_ends_and_fixed_counts_claim_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hardware, "idle_cores", lambda: 1)
+    own = tmp_path / "claims" / f"{os.getpid()}.threads"
+    threads = torch.get_num_threads()
+    try:
+        with hardware.claim_threads("idle") as count:
+            assert count == 1 and own.read_text() == "1"
+            assert hardware.claimed_by_others() == 0  # its own claim is not another's
+        assert not own.exists()
+        with hardware.claim_threads(1) as count:
+            assert count == 1 and not own.exists()
+    finally:
+        torch.set_num_threads(threads)

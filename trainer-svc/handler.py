@@ -37,7 +37,7 @@ from shared.core.bus import RETRYABLE, PermanentError
 from shared.core.db import CheckpointRow, insert_ignore
 from shared.core.messages import CHECKPOINTS, CheckpointReady, Message, ShardFile, ShardManifest
 from shared.core.settings import Settings, TrainerSettings
-from shared.inference.hardware import set_threads
+from shared.inference.hardware import claim_threads
 from shared.inference.model import resolve_model
 from shared.method.markers import prompt_manifest, write_prompt_manifest
 from trainer_svc.train import PROGRESS, TrainJob, TrainResult, read_done, train
@@ -163,9 +163,9 @@ def train_shard(
     )
     if settings.trainer.num_gpus > 1:
         return launch_accelerate(job, settings.trainer, report)
-    if settings.trainer.threads == "idle":
-        log.info("%s: %d torch threads (the idle cores)", manifest.shard_id, set_threads("idle"))
-    return train(job, report)
+    with claim_threads(settings.trainer.threads) as threads:
+        log.info("%s: %d torch threads", manifest.shard_id, threads)
+        return train(job, report)
 
 
 def launch_accelerate(

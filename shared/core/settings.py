@@ -27,7 +27,8 @@ from pydantic_settings import (
 CONFIG_ENV = "DUALPHASE_CONFIG"
 
 # Torch CPU threads: a count (0: every core the process may use), or "idle": the cores no other
-# process is busy on when a job starts (shared/inference/hardware.py, idle_cores).
+# process is busy on, or has claimed for a running job, when a job starts
+# (shared/inference/hardware.py, idle_cores and claim_threads).
 Threads = Annotated[int, Field(ge=0)] | Literal["idle"]
 
 
@@ -159,7 +160,7 @@ class InferenceConfig(Section):
         0,
         description="Torch CPU threads of in-process backends: a number (0: every core this "
         "process may run on), or 'idle', the cores no other process is busy on "
-        "(hardware.idle_cores) when the generator starts on a batch of jobs, or eval-svc on a "
+        "or has claimed (hardware.idle_cores) when the generator starts on a batch of jobs, or eval-svc on a "
         "model.",
     )
     max_lora_rank: int = Field(64, ge=1, description="vLLM: largest LoRA rank an adapter may have.")
@@ -355,7 +356,8 @@ class TrainerSettings(Section):
     threads: Threads = Field(
         0,
         description="Torch CPU threads of the trainer: a number (0: one per core), or 'idle', "
-        "the cores no other process is busy on when a training job starts (hardware.idle_cores): "
+        "the cores no other process is busy on or has claimed when a training job starts "
+        "(hardware.idle_cores): "
         "a job that runs alone uses every core, one beside the generator leaves it its core.",
     )
     nice: int = Field(

@@ -13,11 +13,16 @@ noisy probe that picks either costs little.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -139,6 +144,23 @@ def _others_busy(a: Snapshot, b: Snapshot, cores: list[int]) -> float:
     return max(0.0, used - (own1 - own0)) / max(t1 - t0, 1e-3)
 
 
+def claims_dir() -> Path:
+    """Where jobs on this host record the threads they took (one file per process).
+    ``DUALPHASE_THREAD_CLAIMS`` moves it (tests use their own)."""
+    default = Path(tempfile.gettempdir()) / "dualphase-threads"
+    return Path(os.environ.get("DUALPHASE_THREAD_CLAIMS", default))
+
+
+def claimed_by_others() -> int:
+    """Threads that other live processes on this host claimed for jobs still running."""
+    total = 0
+    for claim in claims_dir().glob("*.threads"):
+        pid = int(claim.stem)
+        if pid != os.getpid() and psutil.pid_exists(pid):  # a crashed job's claim is void
+            total += int(claim.read_text() or 0)
+    return total
+
+
 def idle_cores(window_s: float = 1.0) -> int:
     """The cores of this process's affinity that other processes leave idle (at least one): what
     a job starting now can use without taking a core from another.
@@ -146,7 +168,9 @@ def idle_cores(window_s: float = 1.0) -> int:
     What the others use is the lesser of two measures: over the last ``window_s``, and since
     this process last asked. A service that asks at each job start thereby sees past a burst at
     that moment (the verifier grading the batch the generator just finished), and one that ran
-    beside a busy process sees that it has stopped."""
+    beside a busy process sees that it has stopped. Measured load misses a job that started
+    a moment ago and is still loading its model, so threads claimed by other jobs
+    (``claim_threads``) count too, whichever is more."""
     global _last
     cores = sorted(os.sched_getaffinity(0))
     start = _snapshot()
@@ -156,6 +180,7 @@ def idle_cores(window_s: float = 1.0) -> int:
     if _last is not None:
         others = min(others, _others_busy(_last, now, cores))
     _last = now
+    others = max(others, claimed_by_others())
     return max(1, round(len(cores) - others))
 
 
@@ -167,6 +192,28 @@ def set_threads(threads: Threads) -> int:
     count = idle_cores() if threads == "idle" else threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(count)
     return count
+
+
+@contextmanager
+def claim_threads(threads: Threads) -> Iterator[int]:
+    """``set_threads`` for one job, and for "idle" a claim on those threads until the job ends,
+    so that a job starting meanwhile on this host leaves them out. Run G of the miniature
+    showed why: the trainer and the generator chose 0.4 s apart, before either was busy, and
+    took 2 threads each on 2 cores. A lock makes the choices one at a time."""
+    if threads != "idle":
+        yield set_threads(threads)
+        return
+    claims = claims_dir()
+    claims.mkdir(parents=True, exist_ok=True)
+    claim = claims / f"{os.getpid()}.threads"
+    with open(claims / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while measuring: the next job sees this claim
+        count = set_threads("idle")
+        claim.write_text(str(count))
+    try:
+        yield count
+    finally:
+        claim.unlink(missing_ok=True)
 
 
 def inference_dtype(cfg: InferenceConfig) -> dict[str, str]:
