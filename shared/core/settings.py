@@ -160,8 +160,8 @@ class InferenceConfig(Section):
         0,
         description="Torch CPU threads of in-process backends: a number (0: every core this "
         "process may run on), or 'idle', the cores no other process is busy on "
-        "or has claimed (hardware.idle_cores) when the generator starts on a batch of jobs, or eval-svc on a "
-        "model.",
+        "or has claimed (hardware.idle_cores) when the generator starts on a batch of jobs, or "
+        "eval-svc on a model.",
     )
     max_lora_rank: int = Field(64, ge=1, description="vLLM: largest LoRA rank an adapter may have.")
     serve_command: str = Field(
