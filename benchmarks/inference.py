@@ -38,6 +38,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -180,12 +181,27 @@ def static(
     return [done[i] for i in range(len(convs))]
 
 
+def compiled(backend: TransformersBackend, convs: list, params: SamplingParams) -> list[Completion]:
+    """Continuous batching with the model compiled by ``torch.compile`` (dynamic shapes, so the
+    growing cache and the changing rows do not recompile each step): inductor may fuse the
+    element-wise work (norms, rotary, SiLU) that a faster matmul leaves as the cost."""
+    eager = backend.model
+    backend.model = COMPILED.setdefault(id(eager), torch.compile(eager, dynamic=True))
+    try:
+        return through_backend("continuous")(backend, convs, params)
+    finally:
+        backend.model = eager
+
+
+COMPILED: dict[int, Any] = {}
+
 MODES: dict[str, Mode] = {
     "sequential": through_backend("padded", batch_size=1),
     "padded": through_backend("padded"),
     "continuous": through_backend("continuous"),
     "paged": paged,
     "static": static,
+    "compiled": compiled,
 }
 
 
@@ -221,7 +237,23 @@ def measure(args: argparse.Namespace, dtype: str) -> None:
             f"{rate / bound:.1%} | {same} of {len(completions)} |"
         )
     print(f"compute bound {dtype}: {gflops:.1f} GFLOP/s matmul -> {bound:.0f} tokens/s")
+    if args.profile:
+        for name in runs:
+            where_time_goes(backend, name, convs, params, args.profile)
     backend.close()
+
+
+def where_time_goes(
+    backend: TransformersBackend, name: str, convs: list, params: SamplingParams, rows: int
+) -> None:
+    """The mode run again under torch's profiler: the ops with the most self CPU time. Shows
+    what a faster matmul (bfloat16 on AMX) cannot speed up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        MODES[name](backend, convs, params)
+    print(f"{backend.model.dtype} {name}, profiled (the profiler slows it):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
@@ -234,6 +266,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: all cores")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes")
     parser.add_argument("--dataset", type=Path, default=GSM8K)
+    parser.add_argument(
+        "--profile", type=int, default=0, help="print each mode's N costliest ops (0: none)"
+    )
     args = parser.parse_args()
 
     set_threads(args.threads)
