@@ -145,9 +145,10 @@ def _others_busy(a: Snapshot, b: Snapshot, cores: list[int]) -> float:
 
 
 def claims_dir() -> Path:
-    """Where jobs on this host record the threads they took (one file per process).
-    ``DUALPHASE_THREAD_CLAIMS`` moves it (tests use their own)."""
-    default = Path(tempfile.gettempdir()) / "dualphase-threads"
+    """Where jobs on this host record the threads they took (one file per process), one folder
+    per user (another user's would not be writable). ``DUALPHASE_THREAD_CLAIMS`` moves it (tests
+    use their own)."""
+    default = Path(tempfile.gettempdir()) / f"dualphase-threads-{os.getuid()}"
     return Path(os.environ.get("DUALPHASE_THREAD_CLAIMS", default))
 
 
