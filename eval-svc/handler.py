@@ -160,6 +160,24 @@ def store(session: Session, run_id: str, checkpoint_id: str, summary: BenchmarkS
     )
 
 
+def record(
+    sessions: sessionmaker[Session], run_id: str, target: Target, summary: BenchmarkSummary
+) -> None:
+    """Store one benchmark's evaluation, export its accuracy and log it."""
+    with transaction(sessions) as session:
+        store(session, run_id, target.checkpoint_id, summary)
+    labels = (run_id, target.stage, target.checkpoint_id, summary.benchmark, summary.mode)
+    EVAL_ACCURACY.labels(*labels).set(summary.accuracy)
+    log.info(
+        "%s %s %s: pass@1 %.3f, %.0f tokens",
+        target.checkpoint_id,
+        summary.benchmark,
+        summary.mode,
+        summary.accuracy,
+        summary.mean_tokens,
+    )
+
+
 def handle(
     msg: CheckpointReady,
     settings: Settings,
@@ -201,18 +219,6 @@ def handle(
                     for summary in evaluate(
                         config, backend, grader, todo, [mode], system=prompt.system
                     ):
-                        with transaction(sessions) as session:
-                            store(session, msg.run_id, target.checkpoint_id, summary)
-                        EVAL_ACCURACY.labels(
-                            msg.run_id, target.stage, target.checkpoint_id, summary.benchmark, mode
-                        ).set(summary.accuracy)
-                        log.info(
-                            "%s %s %s: pass@1 %.3f, %.0f tokens",
-                            target.checkpoint_id,
-                            summary.benchmark,
-                            mode,
-                            summary.accuracy,
-                            summary.mean_tokens,
-                        )
+                        record(sessions, msg.run_id, target, summary)
                         summaries.append(summary)
     return summaries

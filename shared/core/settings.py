@@ -357,8 +357,8 @@ class TrainerSettings(Section):
         0,
         description="Torch CPU threads of the trainer: a number (0: one per core), or 'idle', "
         "the cores no other process is busy on or has claimed when a training job starts "
-        "(hardware.idle_cores): "
-        "a job that runs alone uses every core, one beside the generator leaves it its core.",
+        "(hardware.idle_cores): a job that runs alone uses every core, one beside the generator "
+        "leaves it its core.",
     )
     nice: int = Field(
         0,
