@@ -323,6 +323,9 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
     monkeypatch.setenv("DUALPHASE_SAMPLER__SCHEDULE", "[4, 4]")
     monkeypatch.setenv("DUALPHASE_SAMPLER__BALANCE_MIN_RIGHT", "3")
     monkeypatch.setenv("DUALPHASE_VERIFIER__DISABLED_RULES", json.dumps(STRICT_RULES))
+    # The run gauges are set on each reconciler pass, and only while the run is running: at the
+    # default 30 s a run of about a minute (a fast CPU) can fall between two passes (CI did once).
+    monkeypatch.setenv("DUALPHASE_COMMON__RECONCILE_INTERVAL_S", "2")
     settings = Settings()
     prom_config.write_text(yaml.safe_dump(scrape_config(settings)))
     httpx.post(f"{prom_url}/-/reload", timeout=10).raise_for_status()
