@@ -13,6 +13,8 @@ Modes, all on the same in-process model, the same prompts and greedy decoding:
   (``GrowingLayer`` below) instead of concatenating the whole cache every step.
 - ``static``: the padded batch with a static KV cache and the decode step compiled by
   ``torch.compile`` (compiled in a warm-up outside the timing; its seconds are printed).
+- ``compiled``: ``continuous`` with the whole model compiled by ``torch.compile(dynamic=True)``
+  (compiled in the warm-up as well).
 
 Workloads:
 

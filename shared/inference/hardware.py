@@ -157,8 +157,12 @@ def claimed_by_others() -> int:
     total = 0
     for claim in claims_dir().glob("*.threads"):
         pid = int(claim.stem)
-        if pid != os.getpid() and psutil.pid_exists(pid):  # a crashed job's claim is void
+        if pid == os.getpid() or not psutil.pid_exists(pid):  # a crashed job's claim is void
+            continue
+        try:
             total += int(claim.read_text() or 0)
+        except FileNotFoundError:  # its job ended since the listing (released outside the lock)
+            continue
     return total
 
 
