@@ -1,8 +1,9 @@
 """Does a consumer keep consuming after the in-memory broker restarts on the same port?
 
-A ``shared.core.bus.Consumer`` takes 10 messages, the broker restarts, 3 more are published; prints
-which of them were consumed and when. ``--without-fix`` turns off the consumer's restart from the
-committed offsets after a re-join (``Consumer._start_from_committed``) for comparison.
+A ``shared.core.consumer.Consumer`` takes 10 messages, the broker restarts, 3 more are
+published; prints which of them were consumed and when. ``--without-fix`` turns off the
+consumer's restart from the committed offsets after a re-join
+(``Consumer._start_from_committed``) for comparison.
 
     python benchmarks/broker_restart.py [--without-fix]
 """
@@ -15,8 +16,9 @@ import threading
 import time
 
 from dualphase.broker import EmbeddedBroker
-from shared.core import bus
-from shared.core.bus import Consumer, Publisher, ensure_topics
+from shared.core import consumer as consumer_module
+from shared.core.bus import Publisher, ensure_topics
+from shared.core.consumer import Consumer
 from shared.core.messages import PROBLEMS, ProblemJob
 from shared.core.settings import CommonSettings
 
@@ -36,7 +38,7 @@ def job(i: int) -> ProblemJob:
 def main() -> None:
     logging.basicConfig(level=logging.CRITICAL)
     if "--without-fix" in sys.argv:
-        bus._Assignments.on_partitions_assigned = lambda self, assigned: None  # type: ignore[method-assign]
+        consumer_module._Assignments.on_partitions_assigned = lambda self, assigned: None  # type: ignore[method-assign]
     broker = EmbeddedBroker().start()
     common = CommonSettings(
         kafka_bootstrap=broker.bootstrap,

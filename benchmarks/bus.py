@@ -29,7 +29,8 @@ from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import func, select
 
 from dualphase.broker import EmbeddedBroker
-from shared.core.bus import Consumer, Publisher, ensure_topics, topic_name
+from shared.core.bus import Publisher, ensure_topics, topic_name
+from shared.core.consumer import Consumer
 from shared.core.db import (
     Base,
     Problem,

@@ -10,6 +10,9 @@ sample in its shard, counts matching what was produced, nothing dead-lettered).
 
     python benchmarks/chaos.py --minutes 20 --phase1 50 --phase2 50 --seed 1
 
+Its evaluation and decontamination read GSM8K by the project's data settings: the cache, the hub,
+or local copies (DUALPHASE_DATA__LOCAL_DIR, docs/data.md).
+
 tests/test_faults.py uses the same proxy, service environment and checks on smaller runs.
 """
 
@@ -36,8 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dualphase.broker import EmbeddedBroker, free_port
 from dualphase.embedded import Supervisor, start_service, stop_service, wait_ready
 from sampler_svc.balance import build_phase1_set
-from sampler_svc.rounds import kept_solutions
-from sampler_svc.sealing import contaminated
+from sampler_svc.sealing import contaminated, kept_solutions
 from shared.core import migrations, shards
 from shared.core.bus import Publisher
 from shared.core.db import (
@@ -58,7 +60,6 @@ from shared.core.settings import CONFIG_ENV, CommonSettings, Settings
 from shared.datasets.problems import demo_problems
 
 POSTGRES = os.environ.get("DUALPHASE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"
 
 
 class TcpProxy:
@@ -132,21 +133,22 @@ def stack_env(settings: Settings, db_url: str) -> dict[str, str]:
         "COMMON__PARTITIONS": str(common.partitions),
         "COMMON__SESSION_TIMEOUT_MS": str(common.session_timeout_ms),
         "COMMON__RETRY_BACKOFF_S": str(common.retry_backoff_s),
-        "COMMON__RECONCILE_INTERVAL_S": str(common.reconcile_interval_s),
-        "COMMON__ADMIN_TOKEN": common.admin_token,
+        "CONTROL__RECONCILE_INTERVAL_S": str(settings.control.reconcile_interval_s),
+        "CONTROL__ADMIN_TOKEN": settings.control.admin_token,
         "INFERENCE__BATCH_SIZE": str(settings.inference.batch_size),
         "INFERENCE__THREADS": str(settings.inference.threads),
         "GENERATOR__MAX_NEW_TOKENS": str(settings.generator.max_new_tokens),
         "SAMPLER__SCHEDULE": json.dumps(settings.sampler.schedule),
         "TRAINER__PRESET": settings.trainer.preset,
-        "TRAINER__MAX_STEPS": str(settings.trainer.max_steps),
+        "TRAINER__SFT": json.dumps(settings.trainer.sft),
         "TRAINER__THREADS": str(settings.trainer.threads),
         "EVAL__BENCHMARKS": json.dumps(settings.eval.benchmarks),
         "EVAL__LIMIT": str(settings.eval.limit),
         "EVAL__SAMPLES": str(settings.eval.samples),
         "EVAL__MAX_NEW_TOKENS": str(settings.eval.max_new_tokens),
         "EVAL__BASELINE_MODES": "[]",
-        "EVAL__DATASETS_DIR": str(settings.eval.datasets_dir),
+        "DATA__CACHE_DIR": str(settings.data.cache_dir),
+        "DATA__LOCAL_DIR": str(settings.data.local_dir or ""),
     }
     for name in SERVICES:
         values[f"{name.upper()}__PORT"] = str(getattr(settings, name).port)
@@ -282,15 +284,15 @@ def chaos_settings(data_dir: Path, args: argparse.Namespace) -> Settings:
             topic_prefix=f"chaos{uuid.uuid4().hex[:6]}-",
             session_timeout_ms=6000,
             retry_backoff_s=0.2,
-            reconcile_interval_s=10.0,
-        )
+        ),
+        control={"reconcile_interval_s": 10.0},
     )
     settings.inference.batch_size = 16
     settings.inference.threads = 1
     settings.generator.max_new_tokens = args.max_new_tokens
     settings.sampler.schedule = [4, 4]
     settings.trainer = settings.trainer.model_validate(
-        {"preset": "cpu-tiny", "max_steps": 4, "threads": 1}
+        {"preset": "cpu-tiny", "sft": {"max_steps": 4}, "threads": 1}
     )
     settings.eval = settings.eval.model_validate(
         {
@@ -299,7 +301,6 @@ def chaos_settings(data_dir: Path, args: argparse.Namespace) -> Settings:
             "samples": 1,
             "max_new_tokens": args.max_new_tokens,
             "baseline_modes": [],
-            "datasets_dir": DATASETS,
         }
     )
     for service in SERVICES:

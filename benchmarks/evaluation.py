@@ -13,16 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from shared.core.settings import EvalSettings, InferenceConfig
+from shared.datasets import load_benchmarks
 from shared.inference import load_backend
-from shared.method.evaluation import MODES, BenchmarkSummary, evaluate, load_benchmarks
+from shared.method.evaluation import MODES, BenchmarkSummary, evaluate
 from shared.method.grading import Grader
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"
 ON_DISK = ["gsm8k", "math500", "aime24", "amc23", "svamp", "gaokao2023en"]
 
 
@@ -46,8 +45,7 @@ def main() -> None:
     parser.add_argument("--benchmarks", default=",".join(ON_DISK))
     args = parser.parse_args()
 
-    config = EvalSettings(
-        datasets_dir=DATASETS,
+    config = EvalSettings(  # the benchmarks as the data settings find them (docs/data.md)
         benchmarks=args.benchmarks.split(","),
         limit=args.limit,
         samples=args.samples,

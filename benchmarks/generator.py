@@ -28,7 +28,7 @@ from dualphase.broker import EmbeddedBroker, free_port  # noqa: E402
 from dualphase.embedded import service_env, start_service, stop_service, wait_ready  # noqa: E402
 from generator_svc.handler import run_dialogues  # noqa: E402
 from shared.core.bus import Publisher, ensure_topics, topic_name  # noqa: E402
-from shared.core.messages import ALL_TOPICS, DIALOGUES, Dialogue, ProblemJob, SamplingParams  # noqa: E402
+from shared.core.messages import ALL_TOPICS, DIALOGUES, Dialogue, ProblemJob  # noqa: E402
 from shared.core.migrations import upgrade  # noqa: E402
 from shared.core.settings import Settings  # noqa: E402
 from shared.datasets.synthetic import make_problems  # noqa: E402
@@ -37,7 +37,7 @@ from shared.method.markers import InferencePrompt
 from shared.method.prompts import load_prompts  # noqa: E402
 
 
-def jobs(count: int, params: SamplingParams, tag: str) -> list[ProblemJob]:
+def jobs(count: int, tag: str) -> list[ProblemJob]:
     return [
         ProblemJob(
             run_id=f"bench-{tag}",
@@ -48,7 +48,7 @@ def jobs(count: int, params: SamplingParams, tag: str) -> list[ProblemJob]:
             question=p.question,
             gold=str(p.answer),
             dataset="synthetic",
-            params=params,
+            seed=5,
         )
         for p in make_problems(count, seed=11)
     ]
@@ -57,12 +57,15 @@ def jobs(count: int, params: SamplingParams, tag: str) -> list[ProblemJob]:
 def direct(settings: Settings, work: list[ProblemJob], warm: list[ProblemJob]) -> tuple[int, float]:
     backend = load_backend(settings.inference)
     prompts = load_prompts(settings.generator.prompt_version)
-    run_dialogues(backend, prompts, warm, InferencePrompt(prompts.system))
+    run_dialogues(backend, prompts, warm, InferencePrompt(prompts.system), settings.generator)
     start = time.perf_counter()
     tokens = 0
     size = settings.inference.batch_size
     for i in range(0, len(work), size):  # the batches the service's consumer would take
-        gens = run_dialogues(backend, prompts, work[i : i + size], InferencePrompt(prompts.system))
+        batch = work[i : i + size]
+        gens = run_dialogues(
+            backend, prompts, batch, InferencePrompt(prompts.system), settings.generator
+        )
         tokens += sum(sum(g.tokens) for gs in gens for g in gs)
     return tokens, time.perf_counter() - start
 
@@ -90,6 +93,8 @@ def service(
         env = service_env(settings, broker.bootstrap)
         for section, field in (
             ("generator", "port"),
+            ("generator", "max_new_tokens"),
+            ("generator", "temperature"),
             ("inference", "batch_size"),
             ("inference", "dtype"),
             ("inference", "threads"),
@@ -131,8 +136,9 @@ def main() -> None:
     settings.inference.batch_size = args.batch_size
     settings.inference.dtype = args.dtype
     settings.inference.threads = args.threads
-    params = SamplingParams(temperature=0.7, max_new_tokens=args.max_new_tokens, seed=5)
-    work, warm = jobs(args.problems, params, "work"), jobs(1, params, "warm")
+    settings.generator.temperature = 0.7
+    settings.generator.max_new_tokens = args.max_new_tokens
+    work, warm = jobs(args.problems, "work"), jobs(1, "warm")
     d_tokens, d_seconds = direct(settings, work, warm)
     with tempfile.TemporaryDirectory() as tmp:
         s_tokens, s_seconds, dialogues = service(settings, work, warm, Path(tmp))

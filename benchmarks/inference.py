@@ -52,11 +52,12 @@ from transformers.cache_utils import DynamicLayer
 
 from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
-from shared.inference import Completion, TransformersBackend, decode, load_backend
+from shared.datasets import dataset_rows
+from shared.inference import Completion, decode, load_backend
 from shared.inference.hardware import resolve_dtype, set_threads
+from shared.inference.transformers import TransformersBackend
 from shared.method.prompts import load_prompts
 
-GSM8K = Path(__file__).resolve().parents[2] / "shared/datasets/benchmarks/gsm8k/test.jsonl"
 INSTRUCTION = "Solve step by step and put the final answer in \\boxed{}."
 BF16_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 Mode = Callable[[TransformersBackend, list, SamplingParams], list[Completion]]
@@ -82,9 +83,14 @@ def cpu_name() -> str:
     )
 
 
-def conversations(path: Path, count: int, workload: str) -> list[list[dict[str, str]]]:
-    with open(path) as f:
-        rows = [json.loads(line) for _, line in zip(range(count), f, strict=False)]
+def conversations(path: Path | None, count: int, workload: str) -> list[list[dict[str, str]]]:
+    """GSM8K questions: from a JSON Lines file, or else the GSM8K test set of the data settings
+    (docs/data.md)."""
+    if path is None:
+        rows = dataset_rows("gsm8k")[:count]
+    else:
+        with open(path) as f:
+            rows = [json.loads(line) for _, line in zip(range(count), f, strict=False)]
     if workload == "fixed":
         return [[{"role": "user", "content": f"{r['question']}\n{INSTRUCTION}"}] for r in rows]
     system = load_prompts("v1").system
@@ -330,7 +336,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: all cores")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes")
-    parser.add_argument("--dataset", type=Path, default=GSM8K)
+    parser.add_argument(
+        "--dataset", type=Path, default=None, help="GSM8K rows (JSON Lines); default: the hub's"
+    )
     parser.add_argument(
         "--profile", type=int, default=0, help="print each mode's N costliest ops (0: none)"
     )

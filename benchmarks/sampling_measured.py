@@ -1,4 +1,4 @@
-"""Phase-2 sampling schedules measured on a real model (`dualphase bench sampling-measured`).
+"""Phase-2 sampling schedules measured on a real model: ``python -m benchmarks.sampling_measured``.
 
 The simulation's comparison (``benchmarks/sampling_simulation.py``) with real samples and real
 verdicts. Samples are drawn as sampler-svc and generator-svc draw them: the sampling prompt, the
@@ -19,13 +19,16 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
-from generator_svc.handler import run_samples
-from shared.core.messages import Dialogue, ProblemJob, SamplingParams
-from shared.core.settings import Settings
-from shared.datasets.synthetic import SyntheticProblem
+from benchmarks.sampling_simulation import PAPER_SCHEDULE, compare, format_table
+from generator_svc.handler import job_params, run_samples
+from shared.core.messages import Dialogue, ProblemJob
+from shared.core.settings import Settings, load_settings
+from shared.datasets.synthetic import SyntheticProblem, make_problems
 from shared.inference import load_backend
 from shared.method.grading import Grader
 from shared.method.markers import InferencePrompt
@@ -52,7 +55,7 @@ def first_indices(streams: list[dict]) -> np.ndarray:
     return np.array([firsts])
 
 
-def _job(problem: SyntheticProblem, r: int, params: SamplingParams) -> ProblemJob:
+def _job(problem: SyntheticProblem, r: int, n: int, seed: int) -> ProblemJob:
     return ProblemJob(
         run_id="measured",
         kind="sample",
@@ -63,7 +66,8 @@ def _job(problem: SyntheticProblem, r: int, params: SamplingParams) -> ProblemJo
         gold=str(problem.answer),
         dataset="synthetic",
         round=r,
-        params=params,
+        n=n,
+        seed=seed,
     )
 
 
@@ -86,17 +90,9 @@ def draw(
     with Grader(settings.verifier.grade_timeout_s) as grader:
         for r, n in enumerate(waves):
             began = time.perf_counter()
-            params = SamplingParams(
-                n=n,
-                temperature=gen.temperature,
-                top_p=gen.top_p,
-                max_new_tokens=gen.max_new_tokens,
-                seed=seed + start,
-            )
-            jobs = [_job(p, r, params) for p in pending]
-            for job, gens in zip(
-                jobs, run_samples(backend, jobs, InferencePrompt(prompts.system)), strict=True
-            ):
+            jobs = [_job(p, r, n, seed + start) for p in pending]
+            prompt = InferencePrompt(prompts.system)
+            for job, gens in zip(jobs, run_samples(backend, jobs, prompt, gen), strict=True):
                 dialogue = Dialogue(
                     run_id=job.run_id,
                     problem_id=job.problem_id,
@@ -106,7 +102,7 @@ def draw(
                     gold=job.gold,
                     model=backend.model_id,
                     prompt_version=prompts.version,
-                    params=params,
+                    params=job_params(job, gen),
                     samples=gens,
                 )
                 verified = verify_dialogue(dialogue, grader, settings.verifier)
@@ -160,3 +156,82 @@ def draw_parallel(
             results = list(pool.map(_draw_part, parts))
     by_id = {s["id"]: s for part in results for s in part}
     return [by_id[p.id] for p in problems]
+
+
+app = typer.Typer(add_completion=False)
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")]
+
+
+@app.command()
+def main(
+    problems: Annotated[int, typer.Option(help="Synthetic problems to sample.")] = 100,
+    problem_seed: Annotated[int, typer.Option(help="Seed of the problem draw.")] = 7,
+    seed: Annotated[int, typer.Option(help="Run seed: sample j is seeded seed + j.")] = 0,
+    cap: Annotated[int, typer.Option(help="Samples per problem of the uniform schedule.")] = 100,
+    schedule: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Schedule to compare (repeatable). Default: the paper's and the configured one."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Drawing processes, one model each.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Write the per-problem streams here.")] = None,
+    replay: Annotated[
+        Path | None, typer.Option(help="Evaluate the streams of an earlier --out, no drawing.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Measure phase-2 schedules on the configured model: the simulation's table, real samples."""
+    settings = load_settings(config)
+    schedules = {"paper": PAPER_SCHEDULE, "configured": settings.sampler.schedule}
+    if schedule:
+        schedules = {
+            f"option {i + 1}": [int(n) for n in text.split(",")] for i, text in enumerate(schedule)
+        }
+    longest = max(cap, *(sum(s) for s in schedules.values()))  # the stream serves every cap
+    if replay:
+        saved = json.loads(replay.read_text())
+        streams, meta = saved["streams"], saved["meta"]
+    else:
+        waves = waves_up_to(settings.sampler.schedule, longest)
+        began = time.perf_counter()
+        streams = draw_parallel(
+            settings, make_problems(problems, problem_seed), waves, seed, workers, out
+        )
+        meta = {
+            "problems": problems,
+            "problem_seed": problem_seed,
+            "seed": seed,
+            "waves": waves,
+            "model": settings.inference.model,
+            "dtype": settings.inference.dtype,
+            "batch_size": settings.inference.batch_size,
+            "max_new_tokens": settings.generator.max_new_tokens,
+            "temperature": settings.generator.temperature,
+            "disabled_rules": settings.verifier.disabled_rules,
+            "seconds": round(time.perf_counter() - began, 1),
+        }
+        if out:
+            out.write_text(json.dumps({"meta": meta, "streams": streams}) + "\n")
+    drawn = sum(len(s["accepted"]) for s in streams)
+    tokens = sum(sum(s["tokens"]) for s in streams)
+    typer.echo(
+        f"{len(streams)} problems, {drawn} samples ({tokens} tokens) drawn in "
+        f"{meta['seconds']} s; {meta}"
+    )
+    first = first_indices(streams)
+    for level in sorted({s["level"] for s in streams}):
+        at = sorted(
+            int(f)
+            for s, f in zip(streams, first[0], strict=True)
+            if s["level"] == level and f <= cap
+        )
+        count = sum(s["level"] == level for s in streams)
+        typer.echo(f"level {level}: {len(at)}/{count} solved within {cap}, first at {at}")
+    typer.echo(
+        format_table(compare(first, cap, schedules), meta["batch_size"], settings.sampler.keep_k)
+    )
+
+
+if __name__ == "__main__":
+    app()

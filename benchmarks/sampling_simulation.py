@@ -1,4 +1,4 @@
-"""Simulation of phase-2 sampling schedules (`dualphase bench sampling`).
+"""Simulation of phase-2 sampling schedules: ``python -m benchmarks.sampling_simulation``.
 
 Each problem has a solve probability p drawn from a Beta(alpha, beta) spread. Every schedule is
 run on the same problems with the same random draws: a problem's whole future is the index G of
@@ -16,16 +16,23 @@ schedule "fills batches" when its smallest wave (in expectation over trials) has
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 from pydantic import BaseModel, Field
 
-PAPER_SCHEDULE = [4, 10, 100]
+from dualphase.paper import PAPER_LATER_ROUNDS, PAPER_N1_EXAMPLE
+from shared.core.settings import load_settings
+
+# The paper's n1 is configurable (its example: 4), then 10, then 100 (dualphase.paper.PAPER).
+PAPER_SCHEDULE = [PAPER_N1_EXAMPLE, *PAPER_LATER_ROUNDS]
 GROWING_SCHEDULE = [1, 2, 4, 8, 16, 32, 37]
 
 
 class SimulationConfig(BaseModel):
-    """What `dualphase bench sampling` simulates."""
+    """What the simulation runs."""
 
     problems: int = Field(100, ge=1, description="Problems in one simulated run.")
     trials: int = Field(2000, ge=1, description="Simulated runs averaged over.")
@@ -140,3 +147,47 @@ def format_table(outcomes: list[Outcome], batch: int, keep_k: int) -> str:
             f"{o.relative:.2f}x | {o.smallest_wave:.0f} ({fills}) | {kept} |"
         )
     return "\n".join(lines)
+
+
+app = typer.Typer(add_completion=False)
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML settings file (its sampler schedule).")
+]
+
+
+@app.command()
+def main(
+    problems: Annotated[int, typer.Option(help="Problems in one simulated run.")] = 100,
+    trials: Annotated[int, typer.Option(help="Simulated runs averaged over.")] = 2000,
+    alpha: Annotated[float, typer.Option(help="Beta(alpha, beta) of solve probabilities.")] = 0.5,
+    beta: Annotated[float, typer.Option(help="Beta(alpha, beta) of solve probabilities.")] = 0.5,
+    batch: Annotated[int, typer.Option(help="Samples per generate call (batch check).")] = 16,
+    schedule: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra schedule to compare, e.g. --schedule 2,4,8,16,70 (repeatable)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Simulate phase-2 sampling schedules: coverage, samples, samples relative to the ideal."""
+    settings = load_settings(config)
+    schedules = {"paper": PAPER_SCHEDULE, "configured": settings.sampler.schedule}
+    for text in schedule or []:
+        schedules[f"option {len(schedules) - 1}"] = [int(n) for n in text.split(",")]
+    sim = SimulationConfig(
+        problems=problems,
+        trials=trials,
+        alpha=alpha,
+        beta=beta,
+        batch=batch,
+        keep_k=settings.sampler.keep_k,
+        seed=seed,
+        schedules=schedules,
+    )
+    typer.echo(f"Beta({alpha}, {beta}) solve probabilities, {problems} problems x {trials} runs")
+    # plain echo: rich would wrap the Markdown rows
+    typer.echo(format_table(simulate(sim), sim.batch, sim.keep_k))
+
+
+if __name__ == "__main__":
+    app()

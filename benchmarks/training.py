@@ -2,7 +2,8 @@
 
     python benchmarks/training.py [--rows 32] [--max-length 512] [--batch 4] [--repeats 1]
 
-Builds one shard from real MATH problems and reference solutions (``../shared/datasets``), then
+Builds one shard from real MATH problems and reference solutions (the MATH pool's dataset,
+docs/data.md, or ``--math FILE`` in benchmarks/training_gpu.py), then
 trains the embedded model for one epoch over it with TRL's SFTTrainer (full fine-tuning, fp32,
 CPU, the cpu-tiny preset otherwise), once without packing (each batch padded to its longest
 row) and once with packing (best-fit decreasing, padding-free), alternating, ``--repeats``
@@ -31,31 +32,32 @@ from trainer_svc.train import TrainJob, TrainResult, train
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
-MATH = ROOT.parent / "shared" / "datasets" / "train" / "math_test_full.jsonl"
+MATH: Path | None = None  # the MATH pool's dataset (shared/datasets), unless a file is given
 
 
-def math_rows(n: int, path: Path = MATH) -> list[dict[str, Any]]:
-    """The first n MATH problems as shard rows: real, and of very different lengths."""
-    rows = []
-    with path.open() as f:
-        for line in f:
-            item = json.loads(line)
-            rows.append(
-                {
-                    "prompt": [
-                        {"role": "system", "content": "Solve the problem step by step."},
-                        {"role": "user", "content": item["problem"]},
-                    ],
-                    "completion": [{"role": "assistant", "content": item["solution"]}],
-                    "source": "multi-turn",
-                    "run_id": "bench",
-                    "problem_id": str(item["idx"]),
-                    "sample_id": f"{item['idx']}-0",
-                }
-            )
-            if len(rows) == n:
-                break
-    return rows
+def math_rows(n: int, path: Path | None = MATH) -> list[dict[str, Any]]:
+    """The first n MATH problems as shard rows: real, and of very different lengths. From a
+    JSON Lines file of MATH rows, or else the MATH test set of the data settings (docs/data.md)."""
+    from shared.datasets import dataset_rows
+
+    if path is not None:
+        items = [json.loads(line) for line in path.open()][:n]
+    else:
+        items = [{**row, "idx": i} for i, row in enumerate(dataset_rows("math")[:n])]
+    return [
+        {
+            "prompt": [
+                {"role": "system", "content": "Solve the problem step by step."},
+                {"role": "user", "content": item["problem"]},
+            ],
+            "completion": [{"role": "assistant", "content": item["solution"]}],
+            "source": "multi-turn",
+            "run_id": "bench",
+            "problem_id": str(item["idx"]),
+            "sample_id": f"{item['idx']}-0",
+        }
+        for item in items
+    ]
 
 
 def train_once(shard: str, model: str, out: Path, settings: TrainerSettings) -> TrainResult:
@@ -106,15 +108,17 @@ def main() -> None:
         for repeat in range(args.repeats):
             for packing in (False, True):
                 # The same batch x max_length token slots per update in both modes: padded rows,
-                # or packed sequences one per step (see CPU_TINY in shared/core/settings.py).
+                # or packed sequences one per step (see SFT_PRESETS in shared/core/sections.py).
                 settings = TrainerSettings(
                     preset="cpu-tiny",
-                    packing=packing,
-                    max_length=args.max_length,
-                    per_device_batch_size=1 if packing else args.batch,
-                    gradient_accumulation_steps=args.batch if packing else 1,
-                    epochs=1.0,
-                    save_steps=10**6,
+                    sft={
+                        "packing": packing,
+                        "max_length": args.max_length,
+                        "per_device_train_batch_size": 1 if packing else args.batch,
+                        "gradient_accumulation_steps": args.batch if packing else 1,
+                        "num_train_epochs": 1.0,
+                        "save_steps": 10**6,
+                    },
                 )
                 result = train_once(shard, model, Path(tmp) / f"{packing}-{repeat}", settings)
                 results[packing].append(result)

@@ -74,16 +74,18 @@ def one_run(model: str, shard: str, out: Path, mode: str, args: argparse.Namespa
     rates: list[float] = []
     settings = TrainerSettings(
         preset="paper",
-        packing=packing,
-        max_length=args.max_length,
-        per_device_batch_size=args.batch,
-        gradient_accumulation_steps=1,
-        gradient_checkpointing="+gc" in mode,
+        sft={
+            "packing": packing,
+            "max_length": args.max_length,
+            "per_device_train_batch_size": args.batch,
+            "gradient_accumulation_steps": 1,
+            "activation_checkpointing": "+gc" in mode,
+            "max_steps": args.steps,
+            "logging_steps": args.logging_steps,
+            "learning_rate": 1e-5,
+            "save_steps": 10**6,
+        },
         attn_implementation="flex_attention" if "+flex" in mode else "sdpa",  # not auto: named
-        max_steps=args.steps,
-        logging_steps=args.logging_steps,
-        learning_rate=1e-5,
-        save_steps=10**6,
         bf16="auto",  # bf16 on a GPU that supports it (the H200 does)
     )
     job = TrainJob(shard_id="bench", files=[shard], model=model, output_dir=out, settings=settings)

@@ -12,17 +12,15 @@ taken in the same run, shows what the process boundary costs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
 import time
 from pathlib import Path
 
-from shared.datasets import load_benchmark
+from shared.datasets import dataset_rows, load_benchmark
 from shared.method.grading import Grader, extract_answer, is_equivalent
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"
 PATHOLOGICAL = ["\\boxed{10^{10^{10^{10}}}}", "\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}"]
 
 
@@ -31,8 +29,8 @@ def realistic_items(n: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     items = []
     for name in ["gsm8k", "math500", "aime24", "amc23", "svamp", "gaokao2023en"]:
-        rows = [json.loads(line) for line in (DATASETS / name / "test.jsonl").open()]
-        problems = load_benchmark(name, DATASETS)
+        rows = dataset_rows(name)  # the data settings' copies (docs/data.md)
+        problems = load_benchmark(name)
         golds = [p.gold for p in problems if p.gold]
         for row, problem in zip(rows, problems, strict=True):
             if not problem.gold:

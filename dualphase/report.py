@@ -1,38 +1,51 @@
-"""Run reports: a Markdown and an HTML file and two plots.
+"""Run reports: what a report says, its data and sections (``report_files.py`` writes it as a
+Markdown and an HTML file and two plots).
 
-A run's report tells what happened on the way (``run_story``: deviations from the paper, phase-1
-categories, rule rejections, shards, training), then the benchmark x model table, then each
-model's difference to the model it improves on, paired on the same problems: the mean difference
+A run's report tells what happened on the way (``run_story``: the settings against the paper, the
+prompts, phase-1 categories, rule rejections, shards, the arm, training), then the benchmark x
+model table, then each model's difference to the model it improves on and M2's to every baseline,
+paired on the same problems: the mean difference
 of per-problem pass@1 with a paired-bootstrap 95% interval and a p-value (exact McNemar where each
 problem has one sample, a sign-flip permutation test otherwise; ``shared.method.stats``).
 
 The data comes from the database (``eval_results`` and ``eval_samples`` of one run, with the
 stage of each checkpoint from ``checkpoints``) or from in-memory summaries (``dualphase eval``).
-A model is labelled by its stage (M0, M1, M2) and, for the baselines, its mode.
+A model is labelled by its stage (M0, M1, M2) and, for the baselines, its mode (the self-rewarding
+mode on a model not trained for it reads "intrinsic self-correction"); a baseline model
+(``eval.baseline_models``) by its name; the arm by its source ("oracle (reference solutions)",
+"distilled (<teacher>)"). M2 is paired with every baseline and arm, the arm with M0.
 """
 
 from __future__ import annotations
 
-import html
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from matplotlib.figure import Figure
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dualphase.run_story import Section, story
-from shared.core.db import CheckpointRow, EvalResult, EvalSampleRow, make_engine, make_sessionmaker
-from shared.core.messages import BASE_CHECKPOINT_ID
-from shared.core.settings import Settings
+from dualphase.run_story import Section, arm_name, story
+from shared.core.db import (
+    CheckpointRow,
+    EvalResult,
+    EvalSampleRow,
+    Run,
+)
+from shared.core.messages import BASE_CHECKPOINT_ID, BASELINE_PREFIX
 from shared.method.evaluation import MODES, BenchmarkSummary
 from shared.method.stats import format_difference, paired_difference
 
-STAGES = ("M0", "M1", "M2", "oracle")
-# (improved, baseline): each model against the one it improves on, and M2 against M0.
-COMPARISONS = (("M1", "M0"), ("M2", "M0"), ("M2", "M1"), ("oracle", "M0"))
+# Columns in this order: the base model and its baselines, the baseline models, the trained ones.
+STAGES = ("M0", "baseline", "M1", "M2", "oracle")
+# (improved, baseline): each model against the one it improves on, and M2 against M0. Besides
+# these, M2 against every baseline and arm, and every arm against M0 (``comparisons``).
+COMPARISONS = (("M1", "M0"), ("M2", "M0"), ("M2", "M1"))
+# How a mode reads in a label where the model is not the one its protocol was made for: RLHFlow's
+# self-rewarding prompts on a model not trained for them is intrinsic self-correction (their
+# paper's name for it); the trained self-rewarding model is a baseline model of its own.
+MODE_LABELS = {"self-rewarding": "intrinsic self-correction"}
 
 
 @dataclass
@@ -57,6 +70,12 @@ class ReportData:
     # (model, benchmark) -> problem id -> share of its samples that are right
     scores: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     sections: list[Section] = field(default_factory=list)  # what happened on the way
+    # model -> its kind: "stage" (M0, M1, M2), "baseline" (M0 in a baseline mode, a baseline
+    # model), "arm" (the arm, by its source), "variant" (a trained model in another mode)
+    kinds: dict[str, str] = field(default_factory=dict)
+    cap: int = 0  # eval.max_new_tokens: the longest answer a model could give (0: unknown)
+    # (model, benchmark) -> (right samples, of them: cut at the cap with no stated answer)
+    fallback: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(r.model for r in self.rows))
@@ -65,8 +84,50 @@ class ReportData:
         return list(dict.fromkeys(r.benchmark for r in self.rows))
 
 
-def model_label(stage: str, mode: str) -> str:
-    return stage if mode == "base" else f"{stage} {mode}"
+def model_label(stage: str, mode: str, untrained: bool = True) -> str:
+    """``untrained``: the model was not trained for the mode's protocol (a run's models never
+    are), so the mode reads as MODE_LABELS says."""
+    if mode == "base":
+        return stage
+    return f"{stage} {MODE_LABELS.get(mode, mode) if untrained else mode}"
+
+
+class Labels:
+    """The report's name of each evaluated model of a run: M0, M1, M2 with the mode where it is
+    not ``base``; a baseline model by its name; the arm by its source."""
+
+    def __init__(self, session: Session, run_id: str) -> None:
+        self.stages = dict(
+            session.execute(
+                select(CheckpointRow.id, CheckpointRow.stage).where(CheckpointRow.run_id == run_id)
+            ).all()
+        )
+        run = session.get(Run, run_id)
+        self.arm = arm_name(session, run_id, run.config if run else {})
+
+    def stage(self, checkpoint_id: str) -> str:
+        if checkpoint_id == BASE_CHECKPOINT_ID:
+            return "M0"
+        if checkpoint_id.startswith(BASELINE_PREFIX):
+            return "baseline"
+        return self.stages.get(checkpoint_id, checkpoint_id)
+
+    def label(self, checkpoint_id: str, mode: str) -> str:
+        stage = self.stage(checkpoint_id)
+        if stage == "baseline":  # evaluated under its own protocol only
+            return checkpoint_id.removeprefix(BASELINE_PREFIX)
+        return model_label(self.arm if stage == "oracle" else stage, mode)
+
+    def kind(self, checkpoint_id: str, mode: str) -> str:
+        stage = self.stage(checkpoint_id)
+        if stage == "baseline" or (stage == "M0" and mode != "base"):
+            return "baseline"
+        if mode != "base":
+            return "variant"
+        return "arm" if stage == "oracle" else "stage"
+
+    def order(self, checkpoint_id: str, mode: str) -> tuple[int, str, int]:
+        return _order(self.stage(checkpoint_id), mode)
 
 
 def _order(stage: str, mode: str) -> tuple[int, str, int]:
@@ -76,11 +137,13 @@ def _order(stage: str, mode: str) -> tuple[int, str, int]:
 
 
 def from_summaries(summaries: list[BenchmarkSummary], title: str) -> ReportData:
-    """Report data from in-memory summaries; the model id stands in for the stage."""
+    """Report data from in-memory summaries; the model id stands in for the stage. Any model may
+    be evaluated so (a trained self-rewarding one too): a mode is named by its protocol."""
     summaries = sorted(summaries, key=lambda s: _order(s.model, s.mode))
     data = ReportData(title, [])
     for s in summaries:
-        label = model_label(s.model.split("@")[0], s.mode)  # the name without the weights hash
+        # The name without the weights hash.
+        label = model_label(s.model.split("@")[0], s.mode, untrained=False)
         data.rows.append(
             ReportRow(
                 label,
@@ -120,7 +183,45 @@ def lengths(data: ReportData) -> Section:
                 )
     note = "Mean generated tokens per answer on the same problems (the paper: phase 1 makes them "
     note += "over 4 times longer)."
+    base = data.lengths.get("M0", [])
+    if data.cap and base:
+        capped = sum(t >= data.cap for t in base) / len(base)
+        bound = data.cap / (sum(base) / len(base))
+        note += (
+            f" The cap binds: {capped:.0%} of M0's answers stopped at the {data.cap}-token "
+            f"budget (eval.max_new_tokens), so no model's mean can exceed {bound:.2f}x M0's "
+            "here, whatever the method does."
+            if capped >= 0.1
+            else f" {capped:.0%} of M0's answers reached the {data.cap}-token budget."
+        )
     return Section("Response length", ["benchmark", "models", "tokens", "ratio"], rows, note)
+
+
+STATED = re.compile(r"(?i)\\boxed|answer is")
+
+
+def fallback_hits(data: ReportData) -> Section:
+    """Right answers that stated no answer and were cut at the budget: the harness's last-number
+    fallback found the gold number in text that never finished. They count as right (the
+    harness's rule), but a model that learns to state its answer loses them."""
+    rows = [
+        [bench, model, str(right), str(lucky)]
+        for (model, bench), (right, lucky) in sorted(
+            data.fallback.items(), key=lambda i: i[0][::-1]
+        )
+        if right
+    ]
+    note = (
+        "Right samples per model (base mode), and how many of them were cut at the token budget "
+        "without stating an answer (no \\boxed{}, no 'the answer is'): found by the last-number "
+        "fallback in text that never finished."
+    )
+    return Section(
+        "Right answers found in unfinished text",
+        ["benchmark", "model", "right", "of them unfinished"],
+        rows,
+        note,
+    )
 
 
 def _per_problem(samples: Iterable[tuple[str, bool]]) -> dict[str, float]:
@@ -130,15 +231,28 @@ def _per_problem(samples: Iterable[tuple[str, bool]]) -> dict[str, float]:
     return {p: sum(c) / len(c) for p, c in right.items()}
 
 
+def comparisons(data: ReportData) -> list[tuple[str, str]]:
+    """(improved, baseline) pairs of the report: COMPARISONS, each arm against M0, and M2
+    against every baseline (M0's modes, the baseline models) and every arm."""
+    models = data.models()
+    pairs = list(COMPARISONS)
+    pairs += [(m, "M0") for m in models if data.kinds.get(m) == "arm"]
+    pairs += [("M2", m) for m in models if data.kinds.get(m) in ("baseline", "arm")]
+    return [(a, b) for a, b in pairs if a in models and b in models]
+
+
 def paired(data: ReportData) -> Section:
-    """Each comparison of COMPARISONS on every benchmark both models were evaluated on."""
+    """Each of ``comparisons`` on every benchmark both models were evaluated on, over the
+    problems both were evaluated on."""
     rows = []
     for bench in data.benchmarks():
-        for improved, baseline in COMPARISONS:
+        for improved, baseline in comparisons(data):
             a, b = data.scores.get((baseline, bench)), data.scores.get((improved, bench))
             if not a or not b:
                 continue
             common = sorted(set(a) & set(b))
+            if not common:
+                continue
             d = paired_difference([a[p] for p in common], [b[p] for p in common])
             rows.append([bench, f"{improved} - {baseline}", str(d.n), format_difference(d)])
     note = (
@@ -157,22 +271,16 @@ def load_run(session: Session, run_id: str) -> ReportData:
     ).all()
     if not results:
         raise ValueError(f"run {run_id!r}: no rows in eval_results")
-    stages = dict(
-        session.execute(
-            select(CheckpointRow.id, CheckpointRow.stage).where(CheckpointRow.run_id == run_id)
-        ).all()
-    )
-    stages.setdefault(BASE_CHECKPOINT_ID, "M0")
-
-    def stage(checkpoint_id: str) -> str:
-        return stages.get(checkpoint_id, checkpoint_id)
-
-    results = sorted(results, key=lambda r: _order(stage(r.checkpoint_id), r.mode))
-    data = ReportData(f"Run {run_id}", [])
+    labels = Labels(session, run_id)
+    results = sorted(results, key=lambda r: labels.order(r.checkpoint_id, r.mode))
+    run = session.get(Run, run_id)
+    cap = ((run.config if run else {}).get("eval") or {}).get("max_new_tokens", 0)
+    data = ReportData(f"Run {run_id}", [], cap=cap)
     for r in results:
+        data.kinds[labels.label(r.checkpoint_id, r.mode)] = labels.kind(r.checkpoint_id, r.mode)
         data.rows.append(
             ReportRow(
-                model_label(stage(r.checkpoint_id), r.mode),
+                labels.label(r.checkpoint_id, r.mode),
                 r.benchmark,
                 r.problems,
                 r.samples,
@@ -189,7 +297,7 @@ def load_run(session: Session, run_id: str) -> ReportData:
     )
     lengths: dict[str, list[int]] = defaultdict(list)
     for checkpoint_id, mode, tokens in samples:
-        lengths[model_label(stage(checkpoint_id), mode)].append(tokens)
+        lengths[labels.label(checkpoint_id, mode)].append(tokens)
     data.lengths = {m: lengths[m] for m in data.models() if m in lengths}
     graded = session.execute(
         select(
@@ -202,164 +310,29 @@ def load_run(session: Session, run_id: str) -> ReportData:
     )
     by_cell: dict[tuple[str, str], list[tuple[str, bool]]] = defaultdict(list)
     for checkpoint_id, mode, bench, problem_id, correct in graded:
-        by_cell[(model_label(stage(checkpoint_id), mode), bench)].append((problem_id, correct))
+        by_cell[(labels.label(checkpoint_id, mode), bench)].append((problem_id, correct))
     data.scores = {cell: _per_problem(samples) for cell, samples in by_cell.items()}
+    data.fallback = _fallback(session, run_id, labels, cap) if cap else {}
     data.sections = story(session, run_id)
     return data
 
 
-def _table(data: ReportData) -> tuple[list[str], list[list[str]]]:
-    """Header and body: one row per benchmark plus the mean, one column per model."""
-    cells = {(r.model, r.benchmark): r for r in data.rows}
-    models = data.models()
-    body = []
-    for bench in data.benchmarks():
-        row = [bench]
-        for m in models:
-            r = cells.get((m, bench))
-            row.append(
-                f"{100 * r.accuracy:.1f} ± {100 * r.ci95:.1f} ({r.mean_tokens:.0f} tok)"
-                if r
-                else "-"
-            )
-        body.append(row)
-    mean_row = ["mean"]
-    for m in models:
-        rows = [r for r in data.rows if r.model == m]
-        acc = sum(r.accuracy for r in rows) / len(rows)
-        tok = sum(r.mean_tokens for r in rows) / len(rows)
-        mean_row.append(f"{100 * acc:.1f} ({tok:.0f} tok)")
-    body.append(mean_row)
-    return ["benchmark", *models], body
-
-
-_NOTE = (
-    "Cells: pass@1 in % (mean accuracy over the samples of each problem) ± the 95% confidence "
-    "interval over problems, and the mean response length in generated tokens (all turns)."
-)
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-
-
-def _markdown_section(section: Section) -> list[str]:
-    lines = [f"## {section.title}", ""]
-    if section.note:
-        lines += [section.note, ""]
-    if section.rows:
-        lines += [*_markdown_table(section.header, section.rows), ""]
-    return lines
-
-
-def render_markdown(data: ReportData) -> str:
-    header, body = _table(data)
-    lines = [f"# {data.title}", ""]
-    for section in data.sections:
-        lines += _markdown_section(section)
-    lines += ["## Evaluation", "", _NOTE, "", *_markdown_table(header, body), ""]
-    lines += _markdown_section(paired(data))
-    lines += _markdown_section(lengths(data))
-    lines += [
-        "",
-        "![accuracy per stage](accuracy.png)",
-        "",
-        "![response length per stage](lengths.png)",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+def _fallback(
+    session: Session, run_id: str, labels: Labels, cap: int
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """(model, benchmark) -> right samples in base mode, and how many are unfinished
+    (``fallback_hits``)."""
+    right = session.execute(
+        select(
+            EvalSampleRow.checkpoint_id,
+            EvalSampleRow.benchmark,
+            EvalSampleRow.turns,
+            EvalSampleRow.tokens,
+        ).where(EvalSampleRow.run_id == run_id, EvalSampleRow.mode == "base", EvalSampleRow.correct)
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _html_section(section: Section) -> str:
-    note = f"<p>{html.escape(section.note)}</p>" if section.note else ""
-    table = _html_table(section.header, section.rows) if section.rows else ""
-    return f"<h2>{html.escape(section.title)}</h2>{note}{table}"
-
-
-def render_html(data: ReportData) -> str:
-    header, body = _table(data)
-    story_html = "".join(_html_section(s) for s in data.sections)
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{html.escape(data.title)}</title>
-<style>body{{font-family:sans-serif}} td,th{{border:1px solid #ccc;padding:4px 8px}}
-table{{border-collapse:collapse}}</style></head>
-<body><h1>{html.escape(data.title)}</h1>{story_html}
-<h2>Evaluation</h2><p>{html.escape(_NOTE)}</p>
-{_html_table(header, body)}
-{_html_section(paired(data))}
-{_html_section(lengths(data))}
-<h2>Accuracy per stage</h2><img src="accuracy.png" alt="accuracy per stage">
-<h2>Response length per stage</h2><img src="lengths.png" alt="response length per stage">
-</body></html>
-"""
-
-
-def plot_accuracy(data: ReportData, path: Path) -> None:
-    """Grouped bars: one group per benchmark, one bar per model, 95% CI as error bars."""
-    models, benchmarks = data.models(), data.benchmarks()
-    cells = {(r.model, r.benchmark): r for r in data.rows}
-    fig = Figure(figsize=(max(6.0, 1.3 * len(benchmarks) + 2), 4))
-    ax = fig.subplots()
-    width = 0.8 / len(models)
-    for i, m in enumerate(models):
-        xs = [b + i * width for b, bench in enumerate(benchmarks) if (m, bench) in cells]
-        rows = [cells[(m, bench)] for bench in benchmarks if (m, bench) in cells]
-        ax.bar(
-            xs,
-            [100 * r.accuracy for r in rows],
-            width,
-            label=m,
-            yerr=[100 * r.ci95 for r in rows],
-            capsize=2,
-        )
-    ax.set_xticks([b + 0.4 - width / 2 for b in range(len(benchmarks))], benchmarks)
-    ax.set_ylabel("pass@1 (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize="small")
-    ax.set_title("Accuracy per stage")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def plot_lengths(data: ReportData, path: Path) -> None:
-    """Box plots of the tokens per sample, one per model, all benchmarks together."""
-    models = [m for m in data.models() if data.lengths.get(m)]
-    fig = Figure(figsize=(max(6.0, 1.5 * len(models)), 4))
-    ax = fig.subplots()
-    ax.boxplot([data.lengths[m] for m in models], tick_labels=models)
-    ax.set_ylabel("response length (tokens)")
-    ax.set_title("Response length per stage")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def write_report(data: ReportData, out_dir: Path) -> list[Path]:
-    """Write report.md, report.html, accuracy.png and lengths.png into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / n for n in ("report.md", "report.html", "accuracy.png", "lengths.png")]
-    paths[0].write_text(render_markdown(data))
-    paths[1].write_text(render_html(data))
-    plot_accuracy(data, paths[2])
-    plot_lengths(data, paths[3])
-    return paths
-
-
-def report_run(settings: Settings, run_id: str, out_dir: Path | None = None) -> list[Path]:
-    """The report of one run from the database, by default in ``<data_dir>/reports/<run>``."""
-    engine = make_engine(settings.common.resolved_database_url())
-    with make_sessionmaker(engine)() as session:
-        data = load_run(session, run_id)
-    engine.dispose()
-    return write_report(data, out_dir or settings.common.data_dir / "reports" / run_id)
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for checkpoint_id, bench, turns, tokens in right:
+        cell = counts[(labels.label(checkpoint_id, "base"), bench)]
+        cell[0] += 1
+        cell[1] += tokens >= cap and not STATED.search(turns[-1])
+    return {cell: (n, lucky) for cell, (n, lucky) in counts.items()}

@@ -1,19 +1,28 @@
 """What happened on the way: the sections of a run's report that come before its final table.
 
-Each section is a small table read from the database: the phase-1 categories and what the balance
-kept, the rejections per rule, the shards, the training of each checkpoint, and the settings in
-which the run deviates from the paper.
+Each section is a small table read from the database: the run's settings against what the paper
+states (``dualphase.paper``, the one place in the code that says so), the prompt each
+model was evaluated with, the phase-1 categories and what the balance kept, the rejections per
+rule, the shards, what the arm trained on, the training of each checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.core.db import CheckpointRow, RuleCount, Run, ShardRow
+from dualphase.paper import RunFacts, against_paper
+from shared.core import shards
+from shared.core.db import CheckpointRow, GenerationRow, Problem, RuleCount, Run, ShardRow
+from shared.core.messages import PHASE1_CATEGORIES
+from shared.method import arm
+from shared.method.evaluation import SELF_REWARDING_SYSTEM, SYSTEM_PROMPT
+from shared.method.markers import PROMPT_MANIFEST
 
 
 @dataclass
@@ -28,17 +37,44 @@ def phase1_categories(session: Session, run_id: str) -> Section:
     """RR/RW/WR/WW of the phase-1 dialogues and how many of each the balanced set kept."""
     counts = _counts(session, run_id, "phase1:")
     rows = []
-    for name in ("category:RR", "category:RW", "category:WR", "category:WW", "balance", "decontam"):
+    categories = [f"category:{c}" for c in get_args(PHASE1_CATEGORIES)]
+    for name in (*categories, "balance", "decontam"):
         if name in counts:
             left_out, kept = counts[name]
             rows.append([name.removeprefix("category:"), str(left_out + kept), str(kept)])
     note = (
-        "balance: accepted (final answer right, every rule passed) dialogues; decontam: "
-        "dialogues whose problem shares a long n-gram with a benchmark problem (left out)."
+        "?R, ?W: turn 1 was cut at its token budget before it stated an answer (neither "
+        "initial-right nor initial-wrong: never kept); balance: accepted (final answer right, "
+        "every rule passed) dialogues; decontam: dialogues whose problem shares a long n-gram "
+        "with a benchmark problem (left out)."
     )
     return Section(
         "Phase 1: categories and the balanced set", ["", "dialogues", "kept"], rows, note
     )
+
+
+def phase1_rows(session: Session, run_id: str) -> Section:
+    """How long the kept phase-1 samples are as the whole chain (all three turns) and as the
+    rewrite alone (its last turn): ``sampler.phase1_row`` chooses which one trains."""
+    files = shards.registered(session, run_id, "phase1")
+    # A shard folder moved or deleted since the run leaves this section empty, not the report.
+    kept = [
+        row["sample_id"] for row in shards.read_rows(f.path for f in files if Path(f.path).exists())
+    ]
+    tokens = session.scalars(
+        select(GenerationRow.tokens).where(
+            GenerationRow.run_id == run_id, GenerationRow.sample_id.in_(kept)
+        )
+    ).all()
+    if not tokens:
+        return Section("Phase-1 training rows", [], [])
+    chosen = (session.get_one(Run, run_id).config.get("sampler") or {}).get("phase1_row", "chain")
+    rows = [
+        ["chain (first answer, review, rewrite)", f"{sum(map(sum, tokens)) / len(tokens):.0f}"],
+        ["rewrite alone", f"{sum(t[-1] for t in tokens) / len(tokens):.0f}"],
+    ]
+    note = f"{len(tokens)} kept dialogues; this run trained on: {chosen} (sampler.phase1_row)."
+    return Section("Phase-1 training rows", ["row", "mean tokens"], rows, note)
 
 
 def rule_rejections(session: Session, run_id: str) -> Section:
@@ -59,7 +95,7 @@ def shard_sizes(session: Session, run_id: str) -> Section:
     shards = session.scalars(
         select(ShardRow).where(ShardRow.run_id == run_id).order_by(ShardRow.id)
     ).all()
-    rows = [[s.stage, str(s.rows), s.path] for s in shards]
+    rows = [[_stage_name(session, run_id, s.stage), str(s.rows), s.path] for s in shards]
     return Section("Training shards", ["stage", "rows", "file"], rows)
 
 
@@ -76,7 +112,7 @@ def training(session: Session, run_id: str) -> Section:
             continue
         rows.append(
             [
-                c.stage,
+                _stage_name(session, run_id, c.stage),
                 str(t.get("global_step", "")),
                 f"{t.get('train_loss', 0.0):.4f}",
                 str(t.get("tokens", "")),
@@ -89,51 +125,138 @@ def training(session: Session, run_id: str) -> Section:
     )
 
 
-# (section, field) -> the paper's value, for the settings a miniature changes most often.
-PAPER = {
-    ("sampler", "balance_ratio"): 1.0,
-    ("sampler", "balance_min_right"): 0,
-    ("sampler", "schedule"): [4, 10, 100],
-    ("sampler", "marker_style"): "system",
-    ("sampler", "phases"): 2,
-    ("verifier", "disabled_rules"): [],
-    ("eval", "temperature"): 0.6,
-    ("eval", "samples"): 4,
-    ("generator", "sampling_example"): "",
-    ("generator", "stop_after_answer"): False,
-}
+def run_facts(session: Session, run: Run) -> RunFacts:
+    per_phase = select(Problem.phase, func.count()).where(Problem.run_id == run.id)
+    datasets = session.scalars(
+        select(Problem.dataset).where(Problem.run_id == run.id).distinct().order_by(Problem.dataset)
+    ).all()
+    return RunFacts(
+        run.config,
+        dict(session.execute(per_phase.group_by(Problem.phase)).all()),
+        tuple(d or "unnamed" for d in datasets),
+        arm_name(session, run.id, run.config) if _arm_on(run.config) else "",
+    )
 
 
 def deviations(session: Session, run_id: str) -> Section:
-    """Settings of this run that differ from the paper's method, and the evaluated marker."""
+    """The run's settings against what the paper states: every deviation, and "not stated"
+    where the paper is silent."""
     run = session.get(Run, run_id)
     if run is None:  # evaluation rows alone (a report of results imported without their run)
-        return Section("Deviations from the paper", [], [])
-    config: dict[str, Any] = run.config
-    rows = [
-        [f"{section}.{name}", _short(config.get(section, {}).get(name)), _short(paper)]
-        for (section, name), paper in PAPER.items()
-        if config.get(section, {}).get(name) != paper
-    ]
-    marker = config.get("sampler", {}).get("inference_marker", "multi-turn")
+        return Section("Settings against the paper", [], [])
     note = (
-        f"Trained checkpoints are sampled and evaluated with the system prompt they were trained "
-        f"with, marker '{marker}' where they saw both; the base model with the plain prompt."
+        "What the paper states, and what it leaves open ('not stated': the run's value is its "
+        "own choice), against the run's config snapshot and problems; deviates: yes where the "
+        "run differs from what the paper states."
     )
-    return Section("Deviations from the paper", ["setting", "this run", "paper"], rows, note)
+    header = ["setting", "this run", "paper", "deviates", "note"]
+    rows = against_paper(run_facts(session, run))
+    return Section("Settings against the paper", header, rows, note)
 
 
-def _short(value: object) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= 60 else text[:57] + "..."
+def _stage_name(session: Session, run_id: str, stage: str) -> str:
+    """A stage as a person reads it: the arm (stage ``oracle``) by its source."""
+    if stage != "oracle":
+        return stage
+    run = session.get(Run, run_id)
+    return arm_name(session, run_id, run.config if run else {})
+
+
+def _arm_on(config: dict[str, Any]) -> bool:
+    return bool((config.get("sampler") or {}).get("oracle", False))
+
+
+def arm_name(session: Session, run_id: str, config: dict[str, Any]) -> str:
+    """The label of a run's arm (stage ``oracle``) by its source: its config snapshot, and the
+    teachers of the rows that trained where the sampler has counted them."""
+    prefix = arm.COUNTS_PREFIX + arm.TEACHER_COUNT
+    teachers = [name for name, (_, kept) in _counts(session, run_id, prefix).items() if kept]
+    return arm.arm_label(config.get("sampler") or {}, teachers)
+
+
+def arm_counts(session: Session, run_id: str) -> Section:
+    """What the arm trained on: the solutions of its source, and what each step left out."""
+    counts = _counts(session, run_id, arm.COUNTS_PREFIX)
+    run = session.get(Run, run_id)
+    if not counts or run is None:
+        return Section("The arm", [], [])
+    steps = {
+        "reference": "problems with a reference solution",
+        "matched": "file rows naming a problem of the run",
+        "graded": "graded correct against the gold answer",
+        "decontam": "problem not in a benchmark (decontamination)",
+        "distinct": "distinct solution texts per problem",
+    }
+    rows = [
+        [what, str(counts[name][0]), str(counts[name][1])]
+        for name, what in steps.items()
+        if name in counts
+    ]
+    rows += [
+        [f"rows by {name.removeprefix(arm.TEACHER_COUNT)}", "", str(kept)]
+        for name, (_, kept) in counts.items()
+        if name.startswith(arm.TEACHER_COUNT)
+    ]
+    note = (
+        "The base model fine-tuned on given solutions, trained and evaluated like M1 and M2 "
+        "(sampler.oracle): the problems' reference solutions, or a solutions file "
+        "(sampler.arm_solutions) of which only the solutions graded correct train."
+    )
+    title = f"The arm: {arm_name(session, run_id, run.config)}"
+    return Section(title, ["step", "left out", "kept"], rows, note)
+
+
+def prompts(session: Session, run_id: str) -> Section:
+    """The system prompt and marker each model was sampled and evaluated with: a trained
+    checkpoint's from the prompt manifest beside its weights, the base model's the harness's,
+    a baseline model's its protocol's."""
+    run = session.get(Run, run_id)
+    config = run.config if run else {}
+    rows = [["M0 (base model)", _show_text(SYSTEM_PROMPT), "", "the evaluation harness"]]
+    checkpoints = session.scalars(
+        select(CheckpointRow)
+        .where(CheckpointRow.run_id == run_id, CheckpointRow.status == "ready")
+        .order_by(CheckpointRow.created_at)
+    ).all()
+    for c in checkpoints:
+        name = arm_name(session, run_id, config) if c.stage == "oracle" else c.stage
+        manifest = Path(c.path) / PROMPT_MANIFEST if c.path else None
+        if manifest is None or not manifest.is_file():
+            where = f"no {PROMPT_MANIFEST} in {c.path}: the plain prompt"
+            rows.append([name, _show_text(SYSTEM_PROMPT), "", where])
+            continue
+        prompt = json.loads(manifest.read_text())
+        style = prompt.get("marker_style", "")
+        where = f"{PROMPT_MANIFEST}, marker style {style}"
+        if style == "prefix":
+            where += ": prompted without a marker (its answers start with it)"
+        rows.append([name, _show_text(prompt["system"]), prompt.get("marker", ""), where])
+    for b in (config.get("eval") or {}).get("baseline_models") or []:
+        mode = b.get("mode", "base")
+        system = SELF_REWARDING_SYSTEM if mode == "self-rewarding" else b.get("system") or ""
+        rows.append([b["name"], _show_text(system or SYSTEM_PROMPT), "", f"its protocol: {mode}"])
+    note = (
+        "Phase-2 sampling and evaluation prompt each model as shown; think-twice re-asks under "
+        "the same system prompt, the self-rewarding mode (on M0: intrinsic self-correction) uses "
+        "RLHFlow's prompts. Under the prefix marker style a checkpoint is prompted without a "
+        "marker: the marker is what its answers start with. A line break shows as ⏎."
+    )
+    return Section("Prompts", ["model", "system prompt", "marker", "from"], rows, note)
+
+
+def _show_text(text: str) -> str:
+    return " ⏎ ".join(text.splitlines())
 
 
 def story(session: Session, run_id: str) -> list[Section]:
     sections = [
         deviations(session, run_id),
+        prompts(session, run_id),
         phase1_categories(session, run_id),
+        phase1_rows(session, run_id),
         rule_rejections(session, run_id),
         shard_sizes(session, run_id),
+        arm_counts(session, run_id),
         training(session, run_id),
     ]
     return [s for s in sections if s.rows or s.note]

@@ -6,7 +6,7 @@ import os
 
 from eval_svc.handler import handle
 from shared.core.budgets import eval_errors, stop_on_errors
-from shared.core.bus import Consumer
+from shared.core.consumer import Consumer
 from shared.core.messages import CHECKPOINTS, CheckpointReady
 from shared.core.service import run_service, setup
 from shared.core.settings import load_settings
@@ -18,7 +18,7 @@ from shared.inference.model import context_length
 def main() -> None:
     settings = load_settings()
     os.nice(settings.eval.nice)
-    engine, sessions, publisher = setup(settings)
+    engine, sessions, publisher = setup(settings.common)
     context = context_length(settings.inference)
     stop_on_errors("eval-svc", eval_errors(settings, context) if context else [])
     dtype = inference_dtype(settings.inference)  # logged now, shown on /status
@@ -31,7 +31,7 @@ def main() -> None:
     consumer = Consumer.subscribe(settings.common, "eval", CHECKPOINTS, on_message, publisher)
     run_service(
         "eval-svc",
-        settings,
+        settings.common,
         settings.eval.port,
         engine,
         publisher,

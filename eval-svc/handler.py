@@ -2,7 +2,10 @@
 
 For one ``CheckpointReady`` message the targets are the checkpoint (modes ``eval.modes``) and,
 unless the message is itself the M0 checkpoint, the run's base model under the checkpoint id
-``base`` (modes ``eval.modes`` plus the baselines ``eval.baseline_modes``).
+``base`` (modes ``eval.modes`` plus the baselines ``eval.baseline_modes``), then each of the run's
+baseline models (``eval.baseline_models`` of its config snapshot) under the checkpoint id
+``baseline:<name>``, in its own mode and with its own prompt (never a manifest's). What is
+already evaluated is skipped, so each is evaluated once per run.
 
 Idempotency: the samples and the summary of one (checkpoint, benchmark, mode) are written in one
 transaction with ``insert_ignore``; a (checkpoint, benchmark, mode) that already has its
@@ -26,18 +29,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.core.db import EvalResult, EvalSampleRow, Run, insert_ignore, transaction
-from shared.core.messages import BASE_CHECKPOINT_ID, CheckpointReady
-from shared.core.settings import Settings
+from shared.core.messages import BASE_CHECKPOINT_ID, CheckpointReady, baseline_checkpoint_id
+from shared.core.sections import BaselineModel
+from shared.core.settings import InferenceConfig, Settings
+from shared.datasets import load_benchmarks
 from shared.inference import OneModel
 from shared.inference.hardware import claim_threads
 from shared.inference.model import resolve_model
-from shared.method.evaluation import (
-    BenchmarkSummary,
-    evaluate,
-    load_benchmarks,
-    model_prompt,
-)
+from shared.method.evaluation import SYSTEM_PROMPT, BenchmarkSummary, evaluate
 from shared.method.grading import Grader
+from shared.method.markers import inference_prompt
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +58,36 @@ class Target:
     checkpoint_id: str
     model: str
     modes: list[str]
-    stage: str  # M0 (the base model), M1, M2, oracle
+    stage: str  # M0 (the base model), M1, M2, oracle, baseline (a baseline model)
+    system: str | None = None  # its system prompt; None: its prompt manifest's, else the harness's
+
+
+def baseline_targets(snapshot: dict[str, Any]) -> list[Target]:
+    """The run's baseline models, as its config snapshot names them."""
+    models = snapshot.get("eval", {}).get("baseline_models", [])
+    models = [BaselineModel.model_validate(b) for b in models]
+    return [
+        Target(
+            baseline_checkpoint_id(b.name), b.model, [b.mode], "baseline", b.system or SYSTEM_PROMPT
+        )
+        for b in models
+    ]
 
 
 def targets(msg: CheckpointReady, settings: Settings, session: Session) -> list[Target]:
     config = settings.eval
     base_modes = list(dict.fromkeys([*config.modes, *config.baseline_modes]))
-    if msg.stage == "M0":
-        return [Target(msg.checkpoint_id, msg.path, base_modes, "M0")]
     run = session.get(Run, msg.run_id)
+    snapshot = run.config if run else {}
+    baselines = baseline_targets(snapshot)
+    if msg.stage == "M0":
+        return [Target(msg.checkpoint_id, msg.path, base_modes, "M0"), *baselines]
     # The model the run started from, as it was configured when the run was submitted.
-    base_model = (
-        (run.config if run else {}).get("inference", {}).get("model", settings.inference.model)
-    )
+    base_model = snapshot.get("inference", {}).get("model", settings.inference.model)
     return [
         Target(BASE_CHECKPOINT_ID, base_model, base_modes, "M0"),
         Target(msg.checkpoint_id, msg.path, list(config.modes), msg.stage),
+        *baselines,
     ]
 
 
@@ -112,10 +127,10 @@ def copy_results(
     return copied
 
 
-def is_base(target: Target, base: Target, settings: Settings) -> bool:
+def is_base(target: Target, base: Target, inference: InferenceConfig) -> bool:
     """Whether ``target`` is ``base``'s model under ``base``'s prompt."""
-    resolved = [resolve_model(t.model, settings.inference) for t in (target, base)]
-    prompts = [model_prompt(model, settings) for model in resolved]
+    resolved = [resolve_model(t.model, inference) for t in (target, base)]
+    prompts = [inference_prompt(model, SYSTEM_PROMPT) for model in resolved]
     return resolved[0] == resolved[1] and prompts[0] == prompts[1]
 
 
@@ -190,13 +205,14 @@ def handle(
         plan = [
             (t, done(session, msg.run_id, t.checkpoint_id)) for t in targets(msg, settings, session)
         ]
-    benchmarks = load_benchmarks(config)
+    benchmarks = load_benchmarks(config, settings.data)
     summaries: list[BenchmarkSummary] = []
     with Grader(config.grade_timeout_s, config.grade_workers) as grader:
         base = plan[0][0]  # the run's base model comes first
         for target, finished in plan:
             missing = {(b, m) for b in benchmarks for m in target.modes} - finished
-            if missing and target.stage != "M0" and is_base(target, base, settings):
+            trained = target.stage not in ("M0", "baseline")
+            if missing and trained and is_base(target, base, inference):
                 with transaction(sessions) as session:
                     copied = copy_results(
                         session, msg.run_id, base.checkpoint_id, target.checkpoint_id, missing
@@ -213,12 +229,12 @@ def handle(
             threads = inference.threads if config.threads is None else config.threads
             with claim_threads(threads) as count:
                 log.info("%s: %d torch threads", target.checkpoint_id, count)
-                prompt = model_prompt(target.model, settings)  # the prompt it was trained with
+                system = target.system
+                if system is None:  # its manifest's
+                    system = inference_prompt(target.model, SYSTEM_PROMPT).system
                 for mode in target.modes:
                     todo = {b: p for b, p in benchmarks.items() if (b, mode) not in finished}
-                    for summary in evaluate(
-                        config, backend, grader, todo, [mode], system=prompt.system
-                    ):
+                    for summary in evaluate(config, backend, grader, todo, [mode], system=system):
                         record(sessions, msg.run_id, target, summary)
                         summaries.append(summary)
     return summaries

@@ -6,7 +6,7 @@ import logging
 
 from generator_svc.handler import GeneratorStats, handle_jobs
 from shared.core.budgets import generator_errors, stop_on_errors
-from shared.core.bus import Consumer
+from shared.core.consumer import Consumer
 from shared.core.messages import PROBLEMS, ProblemJob
 from shared.core.service import run_service, setup
 from shared.core.settings import load_settings
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def main() -> None:
     settings = load_settings()
-    engine, sessions, publisher = setup(settings)
+    engine, sessions, publisher = setup(settings.common)
     context = context_length(settings.inference)
     stop_on_errors("generator-svc", generator_errors(settings, context) if context else [])
     dtype = inference_dtype(settings.inference)  # logged now, shown on /status
@@ -40,8 +40,7 @@ def main() -> None:
                 prompts,
                 publisher.publish,
                 stats,
-                settings.sampler.inference_marker,
-                settings.generator.sampling_example,
+                settings.generator,
             )
 
     consumer = Consumer.subscribe(
@@ -49,7 +48,7 @@ def main() -> None:
     )
     run_service(
         "generator-svc",
-        settings,
+        settings.common,
         settings.generator.port,
         engine,
         publisher,

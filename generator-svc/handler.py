@@ -21,8 +21,9 @@ from shared.core.db import GenerationRow, insert_ignore
 from shared.core.messages import DIALOGUES, Dialogue, Generation, ProblemJob, SamplingParams
 from shared.core.metrics import TOKENS_GENERATED
 from shared.core.runs import cancelled_runs, stored_dialogues
+from shared.core.settings import GeneratorSettings
 from shared.inference import Backend
-from shared.method.markers import InferencePrompt, Source, inference_prompt
+from shared.method.markers import InferencePrompt, inference_prompt
 from shared.method.prompts import Prompts
 
 # Seeds of turn t of a dialogue are params.seed + t * TURN_SEED_STRIDE, so turns never share one.
@@ -46,6 +47,19 @@ class GeneratorStats:
         return {**self.__dict__, "tokens_per_second": round(rate, 2)}
 
 
+def job_params(job: ProblemJob, settings: GeneratorSettings) -> SamplingParams:
+    """What the generator samples a job with: the job's count and seed, its own settings. A
+    phase-2 sample may end at its answer line; a dialogue's turns never do."""
+    return SamplingParams(
+        n=job.n,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens,
+        seed=job.seed,
+        stop_after_answer=settings.stop_after_answer and job.phase == 2,
+    )
+
+
 def turn_params(params: SamplingParams, turn: int) -> SamplingParams:
     """One sample per turn, with a seed of its own."""
     return params.model_copy(update={"n": 1, "seed": params.seed + turn * TURN_SEED_STRIDE})
@@ -56,9 +70,10 @@ def run_dialogues(
     prompts: Prompts,
     jobs: list[ProblemJob],
     prompt: InferencePrompt,
-    example: str = "",
+    settings: GeneratorSettings,
 ) -> list[list[Generation]]:
     """Phase 1: solve, review, rewrite; each turn batched over all jobs (grouped by params)."""
+    example = settings.sampling_example
     convs = [prompt.conversation(job.question, example) for job in jobs]
     turns: list[list[str]] = [[] for _ in jobs]
     tokens: list[list[int]] = [[] for _ in jobs]
@@ -68,7 +83,7 @@ def run_dialogues(
         if follow_up is not None:
             for conv in convs:
                 conv.append({"role": "user", "content": follow_up})
-        for idxs, params in _group_by_params(jobs, turn):
+        for idxs, params in _group_by_params(jobs, settings, turn):
             results = backend.chat([convs[i] for i in idxs], params)
             for i, result in zip(idxs, results, strict=True):
                 completion = result.completions[0]
@@ -83,7 +98,7 @@ def run_dialogues(
                 turns=turns[i],
                 tokens=tokens[i],
                 finish_reasons=finish[i],
-                seed=job.params.seed,
+                seed=job.seed,
             )
         ]
         for i, job in enumerate(jobs)
@@ -91,12 +106,12 @@ def run_dialogues(
 
 
 def run_samples(
-    backend: Backend, jobs: list[ProblemJob], prompt: InferencePrompt, example: str = ""
+    backend: Backend, jobs: list[ProblemJob], prompt: InferencePrompt, settings: GeneratorSettings
 ) -> list[list[Generation]]:
     """Phase 2: n independent single-turn solutions per job; sample i has seed + i."""
     out: list[list[Generation]] = [[] for _ in jobs]
-    for idxs, params in _group_by_params(jobs, None):
-        convs = [prompt.conversation(jobs[i].question, example) for i in idxs]
+    for idxs, params in _group_by_params(jobs, settings, None):
+        convs = [prompt.conversation(jobs[i].question, settings.sampling_example) for i in idxs]
         for i, result in zip(idxs, backend.chat(convs, params), strict=True):
             out[i] = [
                 Generation(
@@ -112,7 +127,7 @@ def run_samples(
 
 
 def _group_by_params(
-    jobs: list[ProblemJob], turn: int | None
+    jobs: list[ProblemJob], settings: GeneratorSettings, turn: int | None
 ) -> list[tuple[list[int], SamplingParams]]:
     """Jobs with equal sampling parameters (seed included) go to the backend as one batch.
 
@@ -120,13 +135,11 @@ def _group_by_params(
     recorded seed is the one really used.
     """
     groups: dict[str, list[int]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        groups[job.params.model_dump_json()].append(i)
+    params = [job_params(job, settings) for job in jobs]
+    for i, p in enumerate(params):
+        groups[p.model_dump_json()].append(i)
     return [
-        (
-            idxs,
-            turn_params(jobs[idxs[0]].params, turn) if turn is not None else jobs[idxs[0]].params,
-        )
+        (idxs, turn_params(params[idxs[0]], turn) if turn is not None else params[idxs[0]])
         for idxs in groups.values()
     ]
 
@@ -138,13 +151,11 @@ def handle_jobs(
     prompts: Prompts,
     publish: Callable[[str, Dialogue], None],
     stats: GeneratorStats,
-    marker: Source = "multi-turn",
-    example: str = "",
+    settings: GeneratorSettings,
 ) -> None:
     """Generate what is new, store it, publish a dialogue per job (stored ones re-published).
-    Jobs of cancelled runs are dropped. A job's model is prompted as it was trained (its prompt
-    manifest, with the ``marker`` source where it saw both); the base model with the plain
-    system prompt."""
+    Jobs of cancelled runs are dropped. A trained checkpoint is prompted as its prompt manifest
+    says; the base model with the plain system prompt."""
     cancelled = cancelled_runs(sessions, {job.run_id for job in jobs})
     stats.cancelled_skipped += sum(job.run_id in cancelled for job in jobs)
     jobs = [job for job in jobs if job.run_id not in cancelled]
@@ -157,21 +168,20 @@ def handle_jobs(
         by_model[job.model].append(job)
     for model, group in by_model.items():
         backend = backend_for(model)
-        prompt = inference_prompt(model, prompts.system, marker)
+        prompt = inference_prompt(model, prompts.system)
         start = time.perf_counter()
         dialogues = [j for j in group if j.kind == "dialogue"]
         samples = [j for j in group if j.kind == "sample"]
-        gens = run_dialogues(backend, prompts, dialogues, prompt, example)
-        gens += run_samples(backend, samples, prompt, example)
+        gens = run_dialogues(backend, prompts, dialogues, prompt, settings)
+        gens += run_samples(backend, samples, prompt, settings)
         stats.generate_seconds += time.perf_counter() - start
         tokens = sum(sum(g.tokens) for gs in gens for g in gs)
         stats.tokens += tokens
         TOKENS_GENERATED.inc(tokens)
         with sessions.begin() as session:
             for job, job_gens in zip(dialogues + samples, gens, strict=True):
-                insert_ignore(
-                    session, GenerationRow, _rows(job, job_gens, backend.model_id, prompts.version)
-                )
+                rows = _rows(job, job_gens, backend.model_id, prompts.version, settings)
+                insert_ignore(session, GenerationRow, rows)
     done = stored_dialogues(sessions, jobs)
     for job in jobs:
         publish(DIALOGUES, done[job.job_id])
@@ -179,7 +189,14 @@ def handle_jobs(
     stats.jobs_in_flight, stats.current = 0, []
 
 
-def _rows(job: ProblemJob, gens: list[Generation], model_id: str, version: str) -> list[dict]:
+def _rows(
+    job: ProblemJob,
+    gens: list[Generation],
+    model_id: str,
+    version: str,
+    settings: GeneratorSettings,
+) -> list[dict]:
+    params = job_params(job, settings).model_dump()
     return [
         dict(
             run_id=job.run_id,
@@ -193,7 +210,7 @@ def _rows(job: ProblemJob, gens: list[Generation], model_id: str, version: str) 
             finish_reasons=g.finish_reasons,
             model=model_id,
             prompt_version=version,
-            params=job.params.model_dump(),
+            params=params,
             seed=g.seed,
         )
         for g in gens

@@ -11,11 +11,13 @@ import math
 import random
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import get_args
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.core.db import RuleCount, VerdictRow, insert_ignore
+from shared.core.messages import PHASE1_CATEGORIES
 
 
 @dataclass
@@ -53,8 +55,9 @@ def build_phase1_set(
     ).all()
     clean = [v for v in verdicts if v.problem_id not in exclude]
     accepted = [v for v in clean if v.accepted and v.final_correct]
-    right = [v for v in accepted if v.initial_correct]
-    wrong = [v for v in accepted if not v.initial_correct]
+    # A first try cut before it stated an answer (?R) is neither right nor wrong: left out.
+    right = [v for v in accepted if v.initial_correct is True]
+    wrong = [v for v in accepted if v.initial_correct is False]
     n_wrong, n_right = balanced_counts(len(right), len(wrong), ratio, min_right)
     rng = random.Random(seed)
     kept = rng.sample(right, n_right) + rng.sample(wrong, n_wrong)
@@ -65,7 +68,7 @@ def build_phase1_set(
         "decontam": (len(verdicts) - len(clean), len(clean)),
         "balance": (len(accepted) - len(kept), len(kept)),
     }
-    for category in ("RR", "RW", "WR", "WW"):
+    for category in get_args(PHASE1_CATEGORIES):
         of_category = [v for v in verdicts if v.category == category]
         in_set = sum(v.sample_id in kept_ids for v in of_category)
         counts[f"category:{category}"] = (len(of_category) - in_set, in_set)

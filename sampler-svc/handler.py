@@ -6,8 +6,8 @@ publish after the commit. The stages live in their own modules:
 - ``sealing``: the training shards and their manifests.
 
 Every function takes a SQLAlchemy session inside the caller's transaction; the database is the
-whole state, so a restarted sampler goes on from it (the reconciler publishes again what a crash
-between commit and publish lost).
+whole state, so a restarted sampler goes on from it (the control plane publishes again what a
+crash between commit and publish lost).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sampler_svc import rounds, sealing
 from shared.core.bus import Publisher
 from shared.core.db import insert_verdicts
-from shared.core.messages import CheckpointReady, Message, RejectionSampled, VerifiedSamples
+from shared.core.messages import CheckpointReady, Message, VerifiedSamples
 from shared.core.settings import Settings
 
 
@@ -29,7 +29,7 @@ def make_handlers(
     """Consumer handlers for ``verified-samples`` and ``checkpoints``: write, commit, publish.
 
     Publishing after the commit means a crash in between loses messages, never state; the
-    reconciler publishes them again.
+    control plane publishes them again.
     """
 
     def verdicts(message: Message) -> None:
@@ -48,20 +48,18 @@ def make_handlers(
 
 
 def on_verdicts(session: Session, msg: VerifiedSamples, settings: Settings) -> list[Message]:
-    """Record the verdicts of one job; return what to publish next."""
+    """Record the verdicts of one job; return what to publish next: the problem's next round,
+    or, once it is final, the shard if it was the last one."""
     insert_verdicts(session, msg)  # unless present: the verifier may have written them
     if msg.phase == 1:
-        return sealing.seal_phase1(session, msg.run_id, settings)
-    out = rounds.finish_round(session, msg, settings)
-    if out and isinstance(out[0], RejectionSampled):  # the problem is final: maybe the last one
-        out += sealing.seal_phase2(session, msg.run_id, settings)
-    return out
+        return list(sealing.seal_phase1(session, msg.run_id, settings))
+    job = rounds.finish_round(session, msg, settings.sampler.schedule)
+    return [job] if job else list(sealing.seal_phase2(session, msg.run_id, settings))
 
 
 def on_checkpoint(session: Session, msg: CheckpointReady, settings: Settings) -> list[Message]:
     """M1 is ready: start phase 2 (and seal at once if the run has no phase-2 problem)."""
     if msg.stage != "M1" or settings.sampler.phases == 1:
         return []
-    return rounds.start_phase2(session, msg, settings) + sealing.seal_phase2(
-        session, msg.run_id, settings
-    )
+    jobs = rounds.start_phase2(session, msg, settings.sampler.schedule)
+    return [*jobs, *sealing.seal_phase2(session, msg.run_id, settings)]

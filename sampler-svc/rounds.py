@@ -9,30 +9,13 @@ schedule; a correct one: solved; none after the last round: exhausted.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 from prometheus_client import Histogram
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.core.db import (
-    AttemptCount,
-    CheckpointRow,
-    GenerationRow,
-    Problem,
-    Run,
-    VerdictRow,
-    insert_ignore,
-)
-from shared.core.messages import (
-    CheckpointReady,
-    Message,
-    ProblemJob,
-    RejectionSampled,
-    VerifiedSamples,
-)
-from shared.core.runs import phase2_job
-from shared.core.settings import Settings
+from shared.core.db import AttemptCount, CheckpointRow, Problem, VerdictRow, insert_ignore
+from shared.core.messages import CheckpointReady, ProblemJob, VerifiedSamples
+from shared.core.runs import pending_jobs, round_job
 
 ATTEMPTS = Histogram(
     "dualphase_attempts_per_problem",
@@ -46,7 +29,9 @@ def next_round(schedule: list[int], round_: int, corrects: int) -> int | None:
     return None if corrects > 0 or round_ + 1 >= len(schedule) else round_ + 1
 
 
-def finish_round(session: Session, msg: VerifiedSamples, settings: Settings) -> list[Message]:
+def finish_round(session: Session, msg: VerifiedSamples, schedule: list[int]) -> ProblemJob | None:
+    """Count a round's verdicts; the problem's next round's job, or None when the problem is now
+    final (solved or exhausted) or the message repeats a round already finished."""
     count = session.scalars(
         select(AttemptCount)
         .where(AttemptCount.run_id == msg.run_id, AttemptCount.problem_id == msg.problem_id)
@@ -58,25 +43,16 @@ def finish_round(session: Session, msg: VerifiedSamples, settings: Settings) -> 
             "but no attempt_counts row; phase 2 starts with the M1 checkpoint"
         )
     if count.state != "pending" or msg.round != count.round:
-        return []  # a redelivery of a round already finished
+        return None  # a redelivery of a round already finished
     count.attempts, count.corrects = _attempts(session, msg.run_id, msg.problem_id)
-    following = next_round(settings.sampler.schedule, count.round, count.corrects)
+    following = next_round(schedule, count.round, count.corrects)
     if following is not None:
         count.round = following  # recorded before the job is published
-        return [sample_job(session, count, settings)]
+        return round_job(session, count, schedule)
     count.state = "solved" if count.corrects else "exhausted"
     ATTEMPTS.observe(count.attempts)
-    kept = kept_solutions(session, msg.run_id, msg.problem_id, settings.sampler.keep_k)
-    done = RejectionSampled(
-        run_id=msg.run_id,
-        problem_id=msg.problem_id,
-        state=count.state,  # type: ignore[arg-type]
-        attempts=count.attempts,
-        corrects=count.corrects,
-        kept_sample_ids=[g.sample_id for g in kept],
-    )
     session.flush()
-    return [done]
+    return None
 
 
 def _attempts(session: Session, run_id: str, problem_id: str) -> tuple[int, int]:
@@ -89,45 +65,7 @@ def _attempts(session: Session, run_id: str, problem_id: str) -> tuple[int, int]
     return attempts, corrects
 
 
-def normalise(text: str) -> str:
-    """Dedup key of a solution: case and whitespace do not make a new solution."""
-    return " ".join(text.lower().split())
-
-
-def kept_solutions(session: Session, run_id: str, problem_id: str, k: int) -> list[GenerationRow]:
-    """Up to k accepted phase-2 solutions with distinct normalised text, in sample order."""
-    accepted = session.scalars(
-        select(VerdictRow.sample_id)
-        .where(
-            VerdictRow.run_id == run_id,
-            VerdictRow.problem_id == problem_id,
-            VerdictRow.phase == 2,
-            VerdictRow.accepted,
-        )
-        .order_by(VerdictRow.round, VerdictRow.sample_id)
-    ).all()
-    gens = generations(session, run_id, accepted)
-    kept: dict[str, GenerationRow] = {}
-    for sample_id in accepted:
-        kept.setdefault(normalise(gens[sample_id].turns[-1]), gens[sample_id])
-    return list(kept.values())[:k]
-
-
-def generations(
-    session: Session, run_id: str, sample_ids: Collection[str]
-) -> dict[str, GenerationRow]:
-    rows = session.scalars(
-        select(GenerationRow).where(
-            GenerationRow.run_id == run_id, GenerationRow.sample_id.in_(list(sample_ids))
-        )
-    ).all()
-    found = {g.sample_id: g for g in rows}
-    if missing := [s for s in sample_ids if s not in found]:
-        raise LookupError(f"run {run_id}: verdicts without generation rows: {missing[:5]}")
-    return found
-
-
-def start_phase2(session: Session, msg: CheckpointReady, settings: Settings) -> list[Message]:
+def start_phase2(session: Session, msg: CheckpointReady, schedule: list[int]) -> list[ProblemJob]:
     """M1 is ready: start phase 2 (round 0 for every phase-2 problem of the run)."""
     insert_ignore(
         session,
@@ -155,40 +93,4 @@ def start_phase2(session: Session, msg: CheckpointReady, settings: Settings) -> 
             for p in problems
         ],
     )
-    return pending_jobs(session, msg.run_id, settings)
-
-
-def sampling_checkpoint(session: Session, run_id: str) -> CheckpointRow | None:
-    return session.scalars(
-        select(CheckpointRow)
-        .where(
-            CheckpointRow.run_id == run_id,
-            CheckpointRow.stage == "M1",
-            CheckpointRow.status == "ready",
-        )
-        .order_by(CheckpointRow.created_at)
-    ).first()
-
-
-def sample_job(session: Session, count: AttemptCount, settings: Settings) -> ProblemJob:
-    """The job of a problem's current round. Every problem of a round shares the seed, so the
-    generator batches them; rounds never share seeds (round r starts past all earlier samples)."""
-    problem = session.scalars(
-        select(Problem).where(
-            Problem.run_id == count.run_id, Problem.problem_id == count.problem_id
-        )
-    ).one()
-    run = session.get(Run, count.run_id)
-    checkpoint = sampling_checkpoint(session, count.run_id)
-    assert run is not None and checkpoint is not None  # attempt_counts rows come from both
-    return phase2_job(run.id, problem, count.round, checkpoint.path, settings, run.seed)
-
-
-def pending_jobs(session: Session, run_id: str, settings: Settings) -> list[Message]:
-    """The current round's job of every pending problem (a re-publish is harmless: job ids)."""
-    counts = session.scalars(
-        select(AttemptCount)
-        .where(AttemptCount.run_id == run_id, AttemptCount.state == "pending")
-        .order_by(AttemptCount.problem_id)
-    ).all()
-    return [sample_job(session, c, settings) for c in counts]
+    return pending_jobs(session, msg.run_id, schedule)

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.core.bus import Consumer, Publisher
+from shared.core.bus import Publisher
+from shared.core.consumer import Consumer
 from shared.core.db import Problem, insert_ignore, make_engine, make_sessionmaker, transaction
 from shared.core.messages import PROBLEMS, Message, ProblemJob
 from shared.core.settings import CommonSettings

@@ -1,4 +1,4 @@
-"""The admin endpoints (submit a run, cancel a run) on the sampler's app: token required, the
+"""The admin endpoints (submit a run, cancel a run) on control-svc's app: token required, the
 status endpoints read-only, cancelled runs skipped. The app runs in-process (FastAPI's test
 client) on the real broker and the real databases."""
 
@@ -19,10 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
+from control_svc.admin import admin_router
 from dualphase.broker import free_port
 from dualphase.cli import SECRETS, app
 from generator_svc.handler import GeneratorStats, handle_jobs
-from sampler_svc.admin import admin_router
 from shared.core.bus import Publisher, ensure_topics, topic_name
 from shared.core.db import GenerationRow, Problem, Run, make_engine, make_sessionmaker
 from shared.core.messages import (
@@ -34,9 +34,9 @@ from shared.core.messages import (
     Message,
     ProblemJob,
 )
-from shared.core.runs import phase1_job
+from shared.core.runs import problem_job
 from shared.core.service import make_app, serve_http
-from shared.core.settings import CommonSettings, Settings
+from shared.core.settings import CommonSettings, ControlSettings, Settings
 from shared.method.prompts import load_prompts
 from trainer_svc.app import gpu_check
 
@@ -52,13 +52,15 @@ PROBLEMS_JSON = [
 
 class Admin:
     def __init__(self, token: str, common: CommonSettings, db_url: str) -> None:
-        update = {"admin_token": token, "database_url": db_url}
-        self.settings = Settings(common=common.model_copy(update=update))
+        self.settings = Settings(
+            common=common.model_copy(update={"database_url": db_url}),
+            control=ControlSettings(admin_token=token),
+        )
         self.engine = make_engine(db_url)
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
         self.publisher = Publisher(self.settings.common)
         router = admin_router(self.settings, self.sessions, self.publisher)
-        app = make_app("sampler-svc", self.engine, self.publisher, [], routers=[router])
+        app = make_app("control-svc", self.engine, self.publisher, [], routers=[router])
         self.client = TestClient(app)
 
     def run(self, run_id: str) -> Run | None:
@@ -120,7 +122,7 @@ def test_submit_run_records_problems_publishes_phase1_jobs_and_the_base_model(
     assert phases == {"a": 1, "b": 1, "c": 2}
     jobs = published(common, PROBLEMS, ProblemJob, run_id, 2)
     assert sorted(j.problem_id for j in jobs) == ["a", "b"]
-    assert all(j.kind == "dialogue" and j.params.seed == 5 for j in jobs)
+    assert all(j.kind == "dialogue" and j.seed == 5 for j in jobs)
     # The base model is announced for evaluation at once, under the base checkpoint id.
     [base] = published(common, CHECKPOINTS, CheckpointReady, run_id, 1)
     assert (base.checkpoint_id, base.stage, base.path) == (BASE_CHECKPOINT_ID, "M0", "embedded")
@@ -192,7 +194,7 @@ def test_cancel_marks_the_run_cancelled_and_the_generator_skips_its_jobs(admin: 
     with admin.sessions() as s:
         problem = s.scalars(select(Problem).where(Problem.run_id == run_id)).first()
     assert problem is not None
-    job = phase1_job(run_id, problem, admin.settings, seed=0)
+    job = problem_job(run_id, 0, problem)
 
     def no_model(model: str) -> None:
         raise AssertionError("a job of a cancelled run reached the model")
@@ -205,6 +207,7 @@ def test_cancel_marks_the_run_cancelled_and_the_generator_skips_its_jobs(admin: 
         load_prompts("v1"),  # type: ignore[arg-type]
         lambda topic, d: published.append(d),
         stats,
+        admin.settings.generator,
     )
     assert stats.cancelled_skipped == 1 and published == []
     with admin.sessions() as s:
@@ -238,14 +241,14 @@ def test_readyz_fails_when_the_configured_gpus_are_not_usable(
     assert gpu_check(2) == {"gpu": "ok"}
 
 
-def test_cli_submit_starts_a_run_on_a_running_sampler_with_the_env_token(
+def test_cli_submit_starts_a_run_on_a_running_stack_with_the_env_token(
     admin: Admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("DUALPHASE_COMMON__ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("DUALPHASE_CONTROL__ADMIN_TOKEN", raising=False)
     port = free_port()
     router = admin_router(admin.settings, admin.sessions, admin.publisher)
     server = serve_http(
-        make_app("sampler-svc", admin.engine, admin.publisher, [], routers=[router]),
+        make_app("control-svc", admin.engine, admin.publisher, [], routers=[router]),
         "127.0.0.1",
         port,
     )

@@ -10,10 +10,16 @@ def test_no_import_breaks_a_layering_rule() -> None:
     assert architecture.violations() == []
 
 
+def test_no_two_areas_import_each_other() -> None:
+    assert architecture.two_way_pairs() == []
+
+
 def test_the_rules_catch_an_upward_or_sideways_import() -> None:
     assert not allowed("shared.core.runs", "sampler_svc.handler")  # the library above a service
     assert not allowed("shared.core.bus", "shared.method.grading")  # core above the method
-    assert not allowed("sampler_svc.reconciler", "generator_svc.handler")  # service to service
+    assert not allowed("control_svc.reconciler", "sampler_svc.sealing")  # service to service
+    assert not allowed("shared.datasets.math", "shared.method.grading")  # no import both ways
+    assert not allowed("dualphase.cli", "benchmarks.sampling_simulation")
     assert not allowed("shared.method.evaluation", "dualphase.report")  # library to operator
     assert allowed("sampler_svc.sealing", "shared.core.shards")
     assert allowed("benchmarks.sampling_measured", "verifier_svc.handler")

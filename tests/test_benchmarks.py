@@ -1,5 +1,6 @@
-"""Benchmark loaders over the real files in ../shared/datasets, TabMWP from a file built here,
-the MATH training pool without the MATH500 problems, and errors that name file, line, field."""
+"""Benchmark loaders over the real benchmarks (local copies in the hub's layout, `hub_copy`, made
+from the harness files beside the repository), TabMWP from a file built here, the MATH training
+pool without the MATH500 problems, and errors that name file, line, field."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATASETS
 
+from shared.core.settings import DataSettings
 from shared.datasets import (
     BenchmarkProblem,
     DatasetFormatError,
     load_benchmark,
-    load_training_pool,
+    load_pool,
+    read_benchmark_file,
 )
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-BENCHMARKS = DATASETS / "benchmarks"
+BENCHMARKS = SHARED_DATASETS / "benchmarks"
 
 
 @pytest.mark.parametrize(
@@ -30,18 +33,22 @@ BENCHMARKS = DATASETS / "benchmarks"
         ("gaokao2023en", 385, "\\{x|-2\\leq x < 1\\}"),
     ],
 )
-def test_each_benchmark_loads_with_its_gold_format(name: str, rows: int, first_gold: str) -> None:
-    problems = load_benchmark(name, BENCHMARKS)
+def test_each_benchmark_loads_with_its_gold_format(
+    name: str, rows: int, first_gold: str, data_settings: DataSettings
+) -> None:
+    problems = load_benchmark(name, data_settings)
     assert len(problems) == rows
     assert problems[0].gold == first_gold
     assert all(p.dataset == name and p.question for p in problems)
     assert len({p.id for p in problems}) == rows
 
 
-def test_gold_formats_are_normalised_as_a_model_writes_them() -> None:
-    aime = {p.id: p.gold for p in load_benchmark("aime24", BENCHMARKS / "aime24" / "test.jsonl")}
+def test_gold_formats_are_normalised_as_a_model_writes_them(data_settings: DataSettings) -> None:
+    aime = {
+        p.id: p.gold for p in read_benchmark_file("aime24", BENCHMARKS / "aime24" / "test.jsonl")
+    }
     assert "025" not in aime.values() and aime["67"] == "25"  # raw "025"
-    svamp = load_benchmark("svamp", BENCHMARKS, limit=3)
+    svamp = load_benchmark("svamp", data_settings, limit=3)
     assert svamp[0].question == (
         "There are 87 oranges and 290 bananas in Philip's collection. "
         "If the bananas are organized into 2 groups and oranges are "
@@ -73,7 +80,7 @@ def test_tabmwp_builds_the_table_prompt(tmp_path: Path) -> None:
     ]
     file = tmp_path / "test.jsonl"
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    coins, rain = load_benchmark("tabmwp", file)
+    coins, rain = read_benchmark_file("tabmwp", file)
     assert coins == BenchmarkProblem(
         id="7",
         dataset="tabmwp",
@@ -86,8 +93,8 @@ def test_tabmwp_builds_the_table_prompt(tmp_path: Path) -> None:
     assert rain.gold == "yes"
 
 
-def test_tabmwp_shipped_file_reads_gold_numbers_as_the_harness_does() -> None:
-    problems = {p.id: p for p in load_benchmark("tabmwp", BENCHMARKS)}
+def test_tabmwp_reads_gold_numbers_as_the_harness_does(data_settings: DataSettings) -> None:
+    problems = {p.id: p for p in load_benchmark("tabmwp", data_settings)}
     assert len(problems) == 1000
     rows = [json.loads(line) for line in (BENCHMARKS / "tabmwp" / "test.jsonl").open()]
     by_kind = {}
@@ -106,14 +113,11 @@ def test_tabmwp_shipped_file_reads_gold_numbers_as_the_harness_does() -> None:
     assert problems[text["pid"]].gold == text["answer"]
 
 
-def test_training_pool_excludes_math500_problems() -> None:
-    pool = load_training_pool(
-        DATASETS / "train" / "math_test_full.jsonl",
-        exclude=[p.question for p in load_benchmark("math500", BENCHMARKS)],
-    )
+def test_training_pool_excludes_math500_problems(data_settings: DataSettings) -> None:
+    pool = load_pool("math", data_settings)
     assert len(pool) == 4500
     assert pool[0].gold == "2" and pool[0].dataset == "math"
-    math500 = {" ".join(p.question.split()) for p in load_benchmark("math500", BENCHMARKS)}
+    math500 = {" ".join(p.question.split()) for p in load_benchmark("math500", data_settings)}
     assert not any(" ".join(p.question.split()) in math500 for p in pool)
 
 
@@ -121,8 +125,10 @@ def test_training_pool_gold_is_the_last_boxed_answer(tmp_path: Path) -> None:
     file = tmp_path / "pool.jsonl"
     solution = "First \\boxed{1}. Correcting: $\\boxed{\\frac{1}{2}}$."
     file.write_text(json.dumps({"problem": "P", "solution": solution, "idx": 3}) + "\n")
-    assert load_training_pool(file, exclude=[]) == [
-        BenchmarkProblem(id="math-3", question="P", gold="\\frac{1}{2}", dataset="math")
+    assert read_benchmark_file("math", file) == [
+        BenchmarkProblem(
+            id="math-3", question="P", gold="\\frac{1}{2}", dataset="math", solution=solution
+        )
     ]
 
 
@@ -146,21 +152,21 @@ def test_a_bad_line_names_file_line_and_field(
         '"Question": "q", "Answer": 1, "table": "t", "ans_type": "x"}\n' + line + "\n"
     )
     with pytest.raises(DatasetFormatError, match=rf"{file}:2: .*{message}"):
-        load_benchmark(name, file)
+        read_benchmark_file(name, file)
 
 
 def test_training_pool_bad_line_names_the_field(tmp_path: Path) -> None:
     file = tmp_path / "pool.jsonl"
     file.write_text(json.dumps({"problem": "P", "solution": "no box"}) + "\n")
     with pytest.raises(DatasetFormatError, match=rf"{file}:1: .*field 'solution' has no"):
-        load_training_pool(file, exclude=[])
+        read_benchmark_file("math", file)
 
 
-def test_unknown_benchmark_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown benchmark 'mmlu'"):
-        load_benchmark("mmlu", tmp_path)
-    with pytest.raises(FileNotFoundError, match="gsm8k: no test.jsonl"):
-        load_benchmark("gsm8k", tmp_path)
+def test_unknown_format_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown format 'mmlu'"):
+        read_benchmark_file("mmlu", tmp_path / "test.jsonl")
+    with pytest.raises(FileNotFoundError, match="test.jsonl"):
+        read_benchmark_file("gsm8k", tmp_path / "test.jsonl")
 
 
 def test_synthetic_benchmark_is_held_out_from_demo_training_problems() -> None:
@@ -172,11 +178,21 @@ def test_synthetic_benchmark_is_held_out_from_demo_training_problems() -> None:
     assert not training & {p.question for p in held_out}
 
 
+def test_a_synthetic_level_benchmark_holds_held_out_problems_of_that_level_only() -> None:
+    trained = load_benchmark("synthetic", limit=20, levels=(1,))
+    untrained = load_benchmark("synthetic-2", limit=20, levels=(1,))  # the name sets the level
+    assert {p.id.split("-")[1] for p in trained} == {"1"}
+    assert {p.id.split("-")[1] for p in untrained} == {"2"}
+    assert all(p.question.count("Then ") == 2 for p in untrained)  # two steps
+    with pytest.raises(ValueError, match="synthetic-<level>"):
+        load_benchmark("synthetic-two")
+
+
 def test_synthetic_answers_are_not_in_the_question_and_reference_solutions_are_right() -> None:
     import re
 
+    from shared.datasets.rows import last_boxed
     from shared.datasets.synthetic import make_problems
-    from shared.method.grading import last_boxed
 
     problems = make_problems(500, seed=5)
     assert {p.level for p in problems} == {1, 2, 3, 4, 5}

@@ -60,9 +60,9 @@ def test_a_budget_over_the_context_names_the_settings_and_stops_the_service(
 
 
 def test_training_rows_longer_than_max_length_are_warned_about() -> None:
-    settings = Settings(generator={"max_new_tokens": 4096}, trainer={"max_length": 4096})
+    settings = Settings(generator={"max_new_tokens": 4096}, trainer={"sft": {"max_length": 4096}})
     [warning] = training_warnings(settings)
-    assert warning.startswith("trainer.max_length 4096: a training row may hold")
+    assert warning.startswith("trainer.sft.max_length 4096: a training row may hold")
 
 
 def test_context_length_of_the_embedded_model_and_of_an_openai_server(
@@ -77,6 +77,12 @@ def test_context_length_of_the_embedded_model_and_of_an_openai_server(
     assert context_length(unknown) is None, "a server that does not list the model: unchecked"
     away = served.model_copy(update={"openai_base_url": "http://127.0.0.1:9/v1"})
     assert context_length(away) is None
+    # A server this service starts with a shorter context (compose: VLLM_MAX_MODEL_LEN) holds
+    # that much, not what the model config says.
+    started = InferenceConfig(model="embedded", backend="openai", serve_command="x {model}")
+    assert context_length(started) == 8192
+    assert context_length(started.model_copy(update={"max_model_len": 4096})) == 4096
+    assert context_length(started.model_copy(update={"max_model_len": 65536})) == 8192
 
 
 @pytest.fixture

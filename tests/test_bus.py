@@ -27,14 +27,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from shared.core.bus import (
-    Consumer,
-    PermanentError,
-    Publisher,
-    RetryableError,
-    ensure_topics,
-    topic_name,
-)
+from shared.core.bus import PermanentError, Publisher, RetryableError, ensure_topics, topic_name
+from shared.core.consumer import Consumer
 from shared.core.db import Problem, Run, make_engine, make_sessionmaker, transaction
 from shared.core.messages import (
     DIALOGUES,

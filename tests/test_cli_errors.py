@@ -43,6 +43,19 @@ def test_a_bad_config_file_is_named_with_its_line_or_field(
     assert str(config) in line and expected in line
 
 
+def test_a_bad_environment_value_is_named_by_its_variable_not_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "good.yaml"
+    config.write_text("sampler:\n  keep_k: 2\n")
+    monkeypatch.setenv("DUALPHASE_SAMPLER__PHASES", "3")
+    line = one_error_line(["config", "show", "--config", str(config)])
+    assert line.startswith("error: DUALPHASE_SAMPLER__PHASES: field 'sampler.phases'"), line
+    monkeypatch.setenv("DUALPHASE_SAMPLER__PHASES", "1")  # a value a Literal refused
+    result = CliRunner().invoke(app, ["config", "show", "--config", str(config)])
+    assert result.exit_code == 0 and "phases: 1" in result.output, result.output
+
+
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     line = one_error_line(["config", "show", "--config", str(tmp_path / "missing.yaml")])
     assert "missing.yaml: no such file" in line

@@ -1,7 +1,7 @@
 """compose.yaml's cpu profile, run as processes: what `docker compose up` would run, without Docker.
 
 Each dualphase service of the profile is started with its own command (compose's `command`, else
-its Dockerfile's CMD) and its own environment from compose.yaml, interpolated as compose would
+its Dockerfile stage's CMD) and its own environment from compose.yaml, interpolated as compose would
 (with the variables a user's .env would set). Host names map to 127.0.0.1 (Kafka to the embedded
 broker, PostgreSQL to the test server) and container paths to folders here, as the volumes say.
 A tiny run goes in through `dualphase submit`, as the README's GPU section does, and must reach
@@ -39,7 +39,6 @@ from shared.core.messages import SERVICES
 from shared.datasets.synthetic import make_problems
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ROOT.parent / "shared" / "datasets"
 BIN = Path(sys.executable).parent
 RUN_TIMEOUT_S = 900
 # Not ours: the embedded broker and the test's PostgreSQL stand in for them, and the monitoring
@@ -74,10 +73,10 @@ def command(spec: dict) -> list[str]:
     """compose's command, else the image's CMD, with the image's programs taken from here."""
     if "command" in spec:
         args = list(spec["command"])
-    else:
-        dockerfile = (ROOT / spec["build"]["dockerfile"]).read_text()
-        (cmd,) = re.findall(r"^CMD (\[.*\])$", dockerfile, re.M)
-        args = json.loads(cmd)
+    else:  # the CMD of the Dockerfile's stage that the build argument SERVICE names
+        dockerfile = (ROOT / spec["build"].get("dockerfile", "Dockerfile")).read_text()
+        stage = dockerfile.split(f"\nFROM app AS {spec['build']['args']['SERVICE']}\n")[1]
+        args = json.loads(re.search(r"^CMD (\[.*\])$", stage, re.M)[1])
     program = {"python": sys.executable, "dualphase": str(BIN / "dualphase")}
     return [program.get(args[0], args[0]), *args[1:]]
 
@@ -109,7 +108,7 @@ def volume_paths(services: dict[str, dict], env: dict[str, str], tmp: Path) -> d
 
 
 @pytest.fixture
-def stack(broker: str, own_pg_url: str, tmp_path: Path) -> Iterator[dict]:
+def stack(broker: str, own_pg_url: str, tmp_path: Path, hub_copy: Path) -> Iterator[dict]:
     """compose's cpu profile as processes; yields what the test needs to drive and read it."""
     config = tmp_path / "tiny.yaml"
     config.write_text(
@@ -119,12 +118,12 @@ def stack(broker: str, own_pg_url: str, tmp_path: Path) -> Iterator[dict]:
                     "topic_prefix": f"c{uuid.uuid4().hex[:8]}-",
                     "session_timeout_ms": 6000,
                     "retry_backoff_s": 0.05,
-                    "reconcile_interval_s": 5,
                 },
+                "control": {"reconcile_interval_s": 5},
                 "inference": {"batch_size": 4, "threads": 1, "max_concurrency": 2},
                 "generator": {"max_new_tokens": 24},
                 "sampler": {"schedule": [1, 1], "oracle": True},
-                "trainer": {"threads": 1, "max_steps": 1},
+                "trainer": {"threads": 1, "sft": {"max_steps": 1}},
                 "eval": {
                     "benchmarks": ["gsm8k"],
                     "samples": 1,
@@ -143,7 +142,7 @@ def stack(broker: str, own_pg_url: str, tmp_path: Path) -> Iterator[dict]:
         "POSTGRES_USER": user,
         "POSTGRES_PASSWORD": "unused",  # trust auth
         "POSTGRES_DB": database,
-        "DATASETS_DIR": str(DATASETS),
+        "DATASETS_LOCAL_DIR": str(hub_copy),  # the `data` service's local copies
         "ADMIN_TOKEN": uuid.uuid4().hex,
         "MODEL_API_KEY": uuid.uuid4().hex,
         "_9092": broker,
@@ -209,9 +208,9 @@ def test_compose_cpu_profile_as_processes_serves_each_checkpoint_to_the_m2_table
     )
     env_file = stack["tmp"] / ".env"
     env_file.write_text(f"ADMIN_TOKEN={stack['env']['ADMIN_TOKEN']}\n")
-    sampler = f"http://127.0.0.1:{stack['ports']['sampler']}"
+    control = f"http://127.0.0.1:{stack['ports']['control']}"
     deadline = time.monotonic() + 120
-    while True:  # the README's command, once sampler-svc listens
+    while True:  # the README's command, once control-svc listens
         submitted = subprocess.run(
             [
                 BIN / "dualphase",
@@ -223,7 +222,7 @@ def test_compose_cpu_profile_as_processes_serves_each_checkpoint_to_the_m2_table
                 "--phase2",
                 "2",
                 "--url",
-                sampler,
+                control,
                 "--env-file",
                 env_file,
             ],

@@ -42,7 +42,6 @@ from shared.core.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-BENCHMARKS = ROOT.parent / "shared" / "datasets" / "benchmarks"
 # Grafana fills these in; a window of many 1 s scrapes stands in for them.
 GRAFANA_MACROS = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "1h", "$run": ".*"}
 # Metrics of the gpu profile only: vLLM's servers and the DCGM exporter. No GPU here, so their
@@ -85,8 +84,9 @@ def test_env_example_documents_exactly_the_variables_compose_uses() -> None:
     assert documented - used - COMPOSE_OWN == set(), "in .env.example, unused by compose.yaml"
 
 
-def test_scrape_jobs_and_dockerfiles_use_the_service_ports_of_the_settings() -> None:
+def test_scrape_jobs_and_the_dockerfile_use_the_service_ports_of_the_settings() -> None:
     settings = Settings()
+    dockerfile = (ROOT / "Dockerfile").read_text()
     jobs = {
         job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
     }
@@ -94,9 +94,11 @@ def test_scrape_jobs_and_dockerfiles_use_the_service_ports_of_the_settings() -> 
         port = getattr(settings, name).port
         (sd,) = jobs[name]["dns_sd_configs"]
         assert (sd["names"], sd["port"]) == ([name], port), f"prometheus.yml job {name}"
-        dockerfile = (ROOT / f"{name}-svc" / "Dockerfile").read_text()
-        assert f"EXPOSE {port}\n" in dockerfile, f"{name}-svc/Dockerfile must expose {port}"
-        assert f'CMD ["python", "-m", "{name}_svc"]' in dockerfile
+        # The Dockerfile's stage for the service: its port (and the health check's), its command.
+        stage = dockerfile.split(f"\nFROM app AS {name}\n")[1].split("\nFROM ")[0]
+        assert f"EXPOSE {port}\n" in stage, f"Dockerfile stage {name} must expose {port}"
+        assert f"ENV STATUS_PORT={port}\n" in stage, f"Dockerfile stage {name}: health check port"
+        assert f'CMD ["python", "-m", "{name}_svc"]' in stage
 
 
 def test_dashboard_queries_name_metrics_that_the_services_define() -> None:
@@ -266,7 +268,9 @@ def scrape_config(settings: Settings) -> dict:
     return config
 
 
-def tiny_run_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str) -> None:
+def tiny_run_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, hub_copy: Path
+) -> None:
     """Settings for a whole run in minutes on a CPU, set in the environment the services get."""
     env = {
         "COMMON__DATA_DIR": str(tmp_path / "data"),
@@ -281,9 +285,10 @@ def tiny_run_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str) -
         "TRAINER__THREADS": "1",
         "SAMPLER__SCHEDULE": "[1, 1]",
         "TRAINER__PRESET": "cpu-tiny",
-        "TRAINER__MAX_STEPS": "1",
+        "TRAINER__SFT__MAX_STEPS": "1",
         "EVAL__BENCHMARKS": '["gsm8k"]',
-        "EVAL__DATASETS_DIR": str(BENCHMARKS),
+        "DATA__LOCAL_DIR": str(hub_copy),  # GSM8K from local copies in the hub's layout
+        "DATA__CACHE_DIR": str(tmp_path / "datasets"),
         "EVAL__LIMIT": "2",
         "EVAL__SAMPLES": "1",
         "EVAL__MAX_NEW_TOKENS": "16",
@@ -313,9 +318,10 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
     own_pg_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    hub_copy: Path,
 ) -> None:
     prom_url, prom_config = prometheus
-    tiny_run_env(monkeypatch, tmp_path, own_pg_url)
+    tiny_run_env(monkeypatch, tmp_path, own_pg_url, hub_copy)
     # The training panels need a shard with rows, so the run needs accepted samples: easy problems
     # (the tiny model gets each right in 0-3 of 8 samples of 24 tokens), more phase-2 samples,
     # none of the rules that 24 tokens rarely pass (the rule panels keep the other two), and
@@ -325,7 +331,7 @@ def test_every_dashboard_query_returns_data_from_prometheus_scraping_a_run(
     monkeypatch.setenv("DUALPHASE_VERIFIER__DISABLED_RULES", json.dumps(STRICT_RULES))
     # The run gauges are set on each reconciler pass, and only while the run is running: at the
     # default 30 s a run of about a minute (a fast CPU) can fall between two passes (CI did once).
-    monkeypatch.setenv("DUALPHASE_COMMON__RECONCILE_INTERVAL_S", "2")
+    monkeypatch.setenv("DUALPHASE_CONTROL__RECONCILE_INTERVAL_S", "2")
     settings = Settings()
     prom_config.write_text(yaml.safe_dump(scrape_config(settings)))
     httpx.post(f"{prom_url}/-/reload", timeout=10).raise_for_status()

@@ -28,8 +28,14 @@ from shared.core.db import (
     transaction,
 )
 from shared.core.messages import BASE_CHECKPOINT_ID, CheckpointReady, SamplingParams
-from shared.core.settings import CommonSettings, EvalSettings, InferenceConfig, Settings
-from shared.datasets import BenchmarkProblem, load_benchmark
+from shared.core.settings import (
+    CommonSettings,
+    DataSettings,
+    EvalSettings,
+    InferenceConfig,
+    Settings,
+)
+from shared.datasets import BenchmarkProblem, load_benchmark, read_benchmark_file
 from shared.inference import Backend, ChatResult, OneModel, load_backend
 from shared.inference.model import resolve_model
 from shared.method.evaluation import (
@@ -48,7 +54,6 @@ from shared.method.evaluation import (
 from shared.method.grading import Grader, extract_answer, is_equivalent
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"
 ON_DISK = ["gsm8k", "math500", "aime24", "amc23", "svamp", "gaokao2023en"]
 TABMWP_ROW = {
     "table_title": "Coins",
@@ -62,7 +67,7 @@ TABMWP_ROW = {
 
 
 def tiny_config(**update: object) -> EvalSettings:
-    return EvalSettings(**{"datasets_dir": DATASETS, "samples": 2, "max_new_tokens": 48, **update})
+    return EvalSettings(**{"samples": 2, "max_new_tokens": 48, **update})
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +140,11 @@ def test_unknown_mode_is_rejected_by_name(backend: Backend) -> None:
 
 
 def test_embedded_model_evaluates_every_benchmark(
-    backend: Backend, grader: Grader, tmp_path: Path
+    backend: Backend, grader: Grader, tmp_path: Path, data_settings: DataSettings
 ) -> None:
     (tmp_path / "tabmwp.jsonl").write_text(json.dumps(TABMWP_ROW) + "\n")
-    benchmarks = {name: load_benchmark(name, DATASETS, limit=2) for name in ON_DISK}
-    benchmarks["tabmwp"] = load_benchmark("tabmwp", tmp_path / "tabmwp.jsonl")
+    benchmarks = {name: load_benchmark(name, data_settings, limit=2) for name in ON_DISK}
+    benchmarks["tabmwp"] = read_benchmark_file("tabmwp", tmp_path / "tabmwp.jsonl")
     config = tiny_config()
     summaries = evaluate(config, backend, grader, benchmarks)
 
@@ -181,10 +186,10 @@ def test_a_right_answer_is_graded_right(backend: Backend, grader: Grader) -> Non
 
 
 def test_think_twice_re_asks_with_the_first_answer_in_one_batched_call(
-    backend: Backend, grader: Grader
+    backend: Backend, grader: Grader, data_settings: DataSettings
 ) -> None:
     recording = Recording(backend)
-    problems = load_benchmark("gsm8k", DATASETS, limit=2)
+    problems = load_benchmark("gsm8k", data_settings, limit=2)
     summary = evaluate_benchmark(tiny_config(), recording, grader, "gsm8k", problems, "think-twice")
 
     assert len(recording.calls) == 2  # one call per round, all problems and samples together
@@ -204,12 +209,12 @@ def test_think_twice_re_asks_with_the_first_answer_in_one_batched_call(
 
 
 def test_self_rewarding_corrects_only_the_samples_judged_wrong(
-    backend: Backend, grader: Grader
+    backend: Backend, grader: Grader, data_settings: DataSettings
 ) -> None:
     # The 135M model rarely writes a verdict tag, so the verdict turn's text is scripted; the
     # first answers and the corrections are the model's own.
     recording = Recording(backend, verdicts=["Step 1 is off. [VERIFY] wrong.", "[VERIFY] correct."])
-    problems = load_benchmark("svamp", DATASETS, limit=2)
+    problems = load_benchmark("svamp", data_settings, limit=2)
     summary = evaluate_benchmark(
         tiny_config(), recording, grader, "svamp", problems, "self-rewarding"
     )
@@ -234,20 +239,20 @@ def test_self_rewarding_corrects_only_the_samples_judged_wrong(
 
 
 def test_eval_svc_stores_checkpoint_and_base_results_once_and_copies_them_to_an_untrained_m1(
-    pg_url: str, tmp_path: Path
+    pg_url: str, tmp_path: Path, data_settings: DataSettings
 ) -> None:
     run_id = f"eval-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         common=CommonSettings(database_url=pg_url),
         inference=InferenceConfig(batch_size=8, threads=1),
         eval=EvalSettings(
-            datasets_dir=DATASETS,
             benchmarks=["gsm8k"],
             limit=2,
             samples=1,
             max_new_tokens=32,
             baseline_modes=["think-twice"],
         ),
+        data=data_settings,
     )
     engine = make_engine(pg_url)
     sessions = make_sessionmaker(engine)
@@ -323,7 +328,9 @@ def test_eval_svc_stores_checkpoint_and_base_results_once_and_copies_them_to_an_
     engine.dispose()
 
 
-def test_eval_command_prints_the_table_and_writes_a_report(tmp_path: Path) -> None:
+def test_eval_command_prints_the_table_and_writes_a_report(
+    tmp_path: Path, data_settings: DataSettings
+) -> None:
     result = CliRunner().invoke(
         app,
         [
@@ -336,12 +343,15 @@ def test_eval_command_prints_the_table_and_writes_a_report(tmp_path: Path) -> No
             "1",
             "--max-new-tokens",
             "32",
-            "--datasets-dir",
-            str(DATASETS),
             "--report-dir",
             str(tmp_path / "report"),
         ],
-        env={"COLUMNS": "200", "DUALPHASE_INFERENCE__THREADS": "1"},
+        env={
+            "COLUMNS": "200",
+            "DUALPHASE_INFERENCE__THREADS": "1",
+            "DUALPHASE_DATA__LOCAL_DIR": str(data_settings.local_dir),
+            "DUALPHASE_DATA__CACHE_DIR": str(data_settings.cache_dir),
+        },
     )
     assert result.exit_code == 0, result.output
     assert "pass@1" in result.output
@@ -349,7 +359,7 @@ def test_eval_command_prints_the_table_and_writes_a_report(tmp_path: Path) -> No
     assert (tmp_path / "report" / "report.html").is_file()
 
 
-def test_eval_command_names_a_missing_benchmark_file(tmp_path: Path) -> None:
+def test_eval_command_names_a_benchmark_it_cannot_load(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,
         [
@@ -358,10 +368,78 @@ def test_eval_command_names_a_missing_benchmark_file(tmp_path: Path) -> None:
             "tabmwp",
             "--limit",
             "1",
-            "--datasets-dir",
-            str(tmp_path),
         ],
+        env={
+            "DUALPHASE_DATA__LOCAL_DIR": str(tmp_path),  # no copy of Arietem/tabmwp there
+            "DUALPHASE_DATA__CACHE_DIR": str(tmp_path / "cache"),
+            "HF_HUB_OFFLINE": "1",
+        },
     )
     assert result.exit_code == 2
     [line] = result.output.strip().splitlines()  # one line, no traceback
-    assert line.startswith("error: ") and "tabmwp" in line and str(tmp_path) in line
+    assert line.startswith("error: ") and "Arietem/tabmwp" in line and str(tmp_path) in line
+    assert "data.local_dir" in line
+
+
+def test_eval_svc_evaluates_a_baseline_model_once_under_its_own_protocol(
+    sqlite_url: str, backend: Backend, tmp_path: Path
+) -> None:
+    """A baseline model (eval.baseline_models) is evaluated with M0, under checkpoint id
+    'baseline:<name>', in its own mode and with its protocol's prompts (RLHFlow's for
+    self-rewarding), once per run; M0 keeps the harness prompt."""
+    run_id = f"eval-{uuid.uuid4().hex[:8]}"
+    base_path = resolve_model("embedded", InferenceConfig())
+    (tmp_path / "sr").symlink_to(base_path)  # "a released self-rewarding checkpoint"
+    name = "self-rewarding (test)"
+    settings = Settings(
+        common=CommonSettings(database_url=sqlite_url),
+        inference=InferenceConfig(batch_size=8, threads=1),
+        eval=EvalSettings(
+            benchmarks=["synthetic"],
+            limits={"synthetic": 1},
+            samples=1,
+            max_new_tokens=24,
+            baseline_modes=[],
+            baseline_models=[
+                {"name": name, "model": str(tmp_path / "sr"), "mode": "self-rewarding"}
+            ],
+        ),
+    )
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    with transaction(sessions) as session:
+        session.add(Run(id=run_id, config=settings.model_dump(mode="json")))
+    asked: dict[str, Recording] = {}
+
+    def backend_for(model: str) -> Recording:
+        asked[model] = Recording(backend)
+        return asked[model]
+
+    m0 = CheckpointReady(
+        run_id=run_id, checkpoint_id=BASE_CHECKPOINT_ID, stage="M0", path=base_path
+    )
+    summaries = handle(m0, settings, sessions, backend_for)  # type: ignore[arg-type]
+    assert [(s.benchmark, s.mode) for s in summaries] == [
+        ("synthetic", "base"),
+        ("synthetic", "self-rewarding"),
+    ]
+    assert list(asked) == [base_path, str(tmp_path / "sr")]
+    first_turn = asked[str(tmp_path / "sr")].calls[0][0][0]
+    assert first_turn[0] == {"role": "system", "content": SELF_REWARDING_SYSTEM}
+    assert asked[base_path].calls[0][0][0][0] == {"role": "system", "content": SYSTEM_PROMPT}
+    with sessions() as session:
+        results = session.scalars(select(EvalResult).where(EvalResult.run_id == run_id)).all()
+        assert sorted((r.checkpoint_id, r.mode) for r in results) == [
+            (BASE_CHECKPOINT_ID, "base"),
+            (f"baseline:{name}", "self-rewarding"),
+        ]
+    # A later checkpoint's message finds the baseline model done: evaluated once per run.
+    asked.clear()
+    m1 = CheckpointReady(
+        run_id=run_id, checkpoint_id=f"{run_id}-m1", stage="M1", path=str(tmp_path / "sr")
+    )
+    summaries = handle(m1, settings, sessions, backend_for)  # type: ignore[arg-type]
+    assert [(s.mode, s.model) for s in summaries] == [
+        ("base", asked[str(tmp_path / "sr")].model_id)
+    ]
+    engine.dispose()

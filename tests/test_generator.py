@@ -6,11 +6,11 @@ generation through the service is in tests/test_pipeline.py.
 
 from __future__ import annotations
 
-from generator_svc.handler import GeneratorStats, handle_jobs
+from generator_svc.handler import GeneratorStats, handle_jobs, job_params
 from shared.core.db import GenerationRow, Problem, make_engine, make_sessionmaker
 from shared.core.messages import Dialogue, ProblemJob, SamplingParams
-from shared.core.runs import phase1_job, phase2_job
-from shared.core.settings import Settings
+from shared.core.runs import problem_job
+from shared.core.settings import GeneratorSettings
 from shared.inference import ChatResult, Completion
 from shared.method.prompts import load_prompts
 
@@ -47,7 +47,8 @@ def job(i: int, kind: str = "dialogue", n: int = 1) -> ProblemJob:
         phase=1 if kind == "dialogue" else 2,
         question=f"What is {i} + 1?",
         gold=str(i + 1),
-        params=SamplingParams(n=n, max_new_tokens=8, seed=7),
+        n=n,
+        seed=7,
     )
 
 
@@ -62,6 +63,7 @@ def run(jobs: list[ProblemJob], backend: RecordingBackend, db_url: str) -> list[
         prompts,
         lambda _topic, d: published.append(d),
         GeneratorStats(),
+        GeneratorSettings(max_new_tokens=8),
     )
     return published
 
@@ -109,8 +111,17 @@ def test_redelivered_job_is_republished_from_the_database_not_generated_again(
 
 
 def test_stop_after_answer_reaches_phase2_samples_and_never_dialogues() -> None:
-    settings = Settings(generator={"stop_after_answer": True})
+    settings = GeneratorSettings(stop_after_answer=True)
+    assert job_params(job(0, kind="sample"), settings).stop_after_answer
+    assert not job_params(job(0), settings).stop_after_answer
+    assert not job_params(job(0, kind="sample"), GeneratorSettings()).stop_after_answer
+
+
+def test_the_generator_samples_with_its_own_settings_and_the_jobs_count_and_seed() -> None:
+    settings = GeneratorSettings(temperature=0.3, top_p=0.9, max_new_tokens=77)
     problem = Problem(run_id="r", problem_id="p", phase=2, question="1+1?", gold="2", dataset="x")
-    assert phase2_job("r", problem, 0, "m1", settings, seed=0).params.stop_after_answer
-    assert not phase1_job("r", problem, settings, seed=0).params.stop_after_answer
-    assert not phase2_job("r", problem, 0, "m1", Settings(), seed=0).params.stop_after_answer
+    sample = problem_job("r", 5, problem, [4, 10, 100], round_=2, model="/m1")
+    assert (sample.n, sample.seed, sample.model) == (100, 5 + 4 + 10, "/m1")
+    params = job_params(sample, settings)
+    assert (params.n, params.seed, params.temperature, params.top_p) == (100, 19, 0.3, 0.9)
+    assert params.max_new_tokens == 77

@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 from dualphase.cli import app
 from shared.core.messages import Dialogue, Generation, SamplingParams
 from shared.core.settings import VerifierSettings
-from shared.datasets import load_benchmark
+from shared.datasets import read_benchmark_file
 from shared.method.grading import Grade, Grader, extract_answer, is_equivalent
 from verifier_svc.handler import rule_tally, verify_dialogue
 
+# The harness files beside the repository, read as test data (each through its format module).
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "benchmarks"
 
 
@@ -111,7 +112,7 @@ def test_math500_solutions_match_their_answer_field(grader: Grader) -> None:
 
 def test_gsm8k_reference_solutions_are_right_and_off_by_one_is_wrong(grader: Grader) -> None:
     rows = [json.loads(line) for line in (BENCHMARKS / "gsm8k" / "test.jsonl").open()][:100]
-    problems = load_benchmark("gsm8k", BENCHMARKS / "gsm8k" / "test.jsonl", limit=100)
+    problems = read_benchmark_file("gsm8k", BENCHMARKS / "gsm8k" / "test.jsonl")[:100]
     # The raw solution ends in "#### n": the harness's last-number rule finds n.
     right = grader.grade_many([(r["answer"], p.gold) for r, p in zip(rows, problems, strict=True)])
     wrong = grader.grade_many([(f"\\boxed{{{int(p.gold) + 1}}}", p.gold) for p in problems])
@@ -136,13 +137,14 @@ def test_numeric_benchmarks_accept_the_answer_as_a_model_writes_it(
 
 
 def test_gaokao_latex_answers_match_themselves_in_a_box(grader: Grader) -> None:
-    problems = [p for p in load_benchmark("gaokao2023en", BENCHMARKS) if p.gold]
+    file = BENCHMARKS / "gaokao2023en" / "test.jsonl"
+    problems = [p for p in read_benchmark_file("gaokao2023en", file) if p.gold]
     grades = grader.grade_many([(f"Hence \\boxed{{{p.gold}}}.", f"${p.gold}$") for p in problems])
     assert all(g.correct for g in grades), [g.extracted for g in grades if not g.correct]
 
 
 def test_aime_solutions_with_font_commands_are_graded(grader: Grader) -> None:
-    problems = load_benchmark("aime24", BENCHMARKS / "aime24" / "test.jsonl")
+    problems = read_benchmark_file("aime24", BENCHMARKS / "aime24" / "test.jsonl")
     grade = grader.grade("so $d = \\boxed{\\textbf{(073)}}.$", problems[0].gold.zfill(3))
     assert grade.extracted == "\\textbf{(073)}"
     assert grader.grade("so $d = \\boxed{\\textbf{(073)}}.$", "073").correct
@@ -231,9 +233,17 @@ LONG_COT = (
 )
 
 
-def _dialogue(phase: int, turns: list[list[str]]) -> Dialogue:
+def _dialogue(
+    phase: int, turns: list[list[str]], finishes: list[list[str]] | None = None
+) -> Dialogue:
     samples = [
-        Generation(sample_id=f"j-{i}", turns=t, tokens=[10] * len(t), seed=i)
+        Generation(
+            sample_id=f"j-{i}",
+            turns=t,
+            tokens=[10] * len(t),
+            finish_reasons=finishes[i] if finishes else [],
+            seed=i,
+        )
         for i, t in enumerate(turns)
     ]
     return Dialogue(
@@ -265,6 +275,23 @@ def test_phase1_dialogues_get_the_four_categories(grader: Grader) -> None:
     assert [v.category for v in out.verdicts] == ["RR", "RW", "WR", "WW"]
     assert [v.accepted for v in out.verdicts] == [True, False, True, False]
     assert out.verdicts[0].extracted == "4" and out.job_id == "j"
+
+
+def test_a_first_turn_cut_before_it_stated_an_answer_is_neither_right_nor_wrong(
+    grader: Grader,
+) -> None:
+    # Cut at its token budget, turn 1 ends on a number that is no answer (it would grade as W).
+    cut = "First, 2 + 2 is computed as follows: we take 2 and add 5"
+    stated_then_cut = "The answer is 5. Then, to be thorough, we add 5"
+    msg = _dialogue(
+        1,
+        [[cut, "review", LONG_COT], [stated_then_cut, "review", LONG_COT], [cut, "r", LONG_COT]],
+        [["length", "stop", "stop"], ["length", "stop", "stop"], ["stop", "stop", "stop"]],
+    )
+    out = verify_dialogue(msg, grader, VerifierSettings(min_tokens=1))
+    assert [v.category for v in out.verdicts] == ["?R", "WR", "WR"]
+    assert [v.initial_correct for v in out.verdicts] == [None, False, False]
+    assert out.verdicts[0].accepted  # its final answer is right; the balance keeps it out
 
 
 def test_phase2_samples_are_right_or_wrong_and_rules_can_reject(grader: Grader) -> None:

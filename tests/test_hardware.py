@@ -14,7 +14,7 @@ import torch
 from shared.core.settings import InferenceConfig, TrainerSettings
 from shared.inference import hardware
 from shared.inference.hardware import CpuBf16, choose_cpu, resolve_dtype
-from trainer_svc.train import attention, sft_config, use_bf16
+from trainer_svc.train import attention, sft_config, use_bf16, weights_dtype
 
 # Restricts torch's, oneDNN's and MKL's kernels to AVX2: bfloat16 is then emulated on any CPU.
 AVX2_ONLY = {
@@ -85,6 +85,15 @@ def test_trainer_bf16_auto_follows_the_same_rule(fake_cpu) -> None:
     assert use_bf16(TrainerSettings()) is True
 
 
+def test_bf16_training_keeps_float32_master_weights_except_a_lora_base() -> None:
+    # bfloat16 weights round away updates of about 1e-5 of a weight (benchmarks/precision.py):
+    # bf16 is autocast over float32 weights; only LoRA's frozen base may be bfloat16.
+    assert weights_dtype(TrainerSettings(bf16=True)) is torch.float32
+    assert weights_dtype(TrainerSettings(bf16=False)) is torch.float32
+    assert weights_dtype(TrainerSettings(bf16=True, lora=True)) is torch.bfloat16
+    assert weights_dtype(TrainerSettings(bf16=False, lora=True)) is torch.float32
+
+
 def test_trainer_config_accepts_bf16_on_a_cpu_only_machine(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -99,11 +108,14 @@ def test_trainer_attention_auto_is_flex_only_on_a_gpu_with_packing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert attention(TrainerSettings(packing=True)) == "sdpa", "flex has no CPU backward"
+    packed = TrainerSettings(sft={"packing": True})
+    assert attention(packed) == "sdpa", "flex has no CPU backward"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert attention(TrainerSettings(packing=True)) == "flex_attention"
-    assert attention(TrainerSettings(packing=False)) == "sdpa"
-    assert attention(TrainerSettings(packing=True, attn_implementation="eager")) == "eager"
+    assert attention(packed) == "flex_attention"
+    assert attention(TrainerSettings(preset="cpu-tiny")) == "flex_attention"  # the preset packs
+    assert attention(TrainerSettings(sft={"packing": False})) == "sdpa"
+    eager = TrainerSettings(sft={"packing": True}, attn_implementation="eager")
+    assert attention(eager) == "eager"
 
 
 def test_choose_cpu_needs_both_the_isa_and_the_probe() -> None:
@@ -227,5 +239,44 @@ def test_a_claim_is_released_when_the_job_ends_and_fixed_counts_claim_nothing(
         assert not own.exists()
         with hardware.claim_threads(1) as count:
             assert count == 1 and not own.exists()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_running_idle_job_takes_the_core_others_left_and_gives_it_back_when_they_return(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 cores. Snapshots of (time, per-core busy seconds, own CPU seconds) fed in order."""
+    from collections import namedtuple
+
+    Times = namedtuple("Times", "user idle")
+
+    def snap(t: float, busy: list[float], own: float) -> hardware.Snapshot:
+        return t, [Times(b, 0.0) for b in busy], own
+
+    snapshots: list[hardware.Snapshot] = []
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(hardware, "_snapshot", lambda: snapshots.pop(0))
+    monkeypatch.setattr(hardware, "_last", None)
+    own = tmp_path / "claims" / f"{os.getpid()}.threads"
+    threads = torch.get_num_threads()
+    try:
+        # It starts beside a process that keeps a core busy: 1 thread.
+        snapshots += [snap(0, [0, 0], 0), snap(1, [1, 0], 0)]
+        with hardware.claim_threads("idle") as count:
+            assert count == 1 and own.read_text() == "1"
+            hardware.rethink_threads(every_s=3600)  # not yet time to look: nothing read
+            assert torch.get_num_threads() == 1
+            # 20 s on, the other process used 1 s of CPU since: the second core is taken.
+            snapshots += [snap(21, [2, 20], 20)]
+            hardware.rethink_threads(every_s=0)
+            assert torch.get_num_threads() == 2 and own.read_text() == "2"
+            # Another job comes back and keeps a core busy: the job gives it back.
+            snapshots += [snap(41, [22, 38], 38)]
+            hardware.rethink_threads(every_s=0)
+            assert torch.get_num_threads() == 1 and own.read_text() == "1"
+        assert not own.exists()
+        hardware.rethink_threads(every_s=0)  # outside a job: nothing to do, nothing read
+        assert torch.get_num_threads() == 1 and not snapshots
     finally:
         torch.set_num_threads(threads)

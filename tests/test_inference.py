@@ -23,13 +23,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may come from a hub in t
 import httpx
 import pytest
 
-from shared.core.bus import Consumer, Publisher, ensure_topics
+from shared.core.bus import Publisher, ensure_topics
+from shared.core.consumer import Consumer
 from shared.core.messages import PROBLEMS, Message, ProblemJob, SamplingParams
 from shared.core.settings import CommonSettings, InferenceConfig
-from shared.inference import Backend, ChatResult, OneModel, cut_after_answer, load_backend
+from shared.inference import Backend, ChatResult, OneModel, decode, load_backend
 from shared.inference.model import EMBEDDED_NAME, prepare_embedded_model, resolve_model
 from shared.inference.openai import BackendUnavailable, OpenAIError
 from shared.inference.server import ServerFailed
+from shared.inference.stops import cut_after_answer
 
 ADD = [{"role": "user", "content": "What is 2+3?"}]
 HI = [{"role": "user", "content": "Hi"}]
@@ -191,6 +193,30 @@ def test_continuous_and_padded_batching_give_the_same_tokens(
     padded.close()
 
 
+def test_samples_of_one_prompt_share_one_prefill_and_draw_as_if_alone(
+    cfg: InferenceConfig, embedded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    four = load_backend(cfg.model_copy(update={"batch_size": 4}))
+    prefill_rows: list[int] = []
+    forward = decode._forward
+
+    def counting(model, ids, mask, cache, positions):  # type: ignore[no-untyped-def]
+        if ids.shape[1] > 1:  # a prefill, not a one-token decoding step
+            prefill_rows.append(ids.shape[0])
+        return forward(model, ids, mask, cache, positions)
+
+    monkeypatch.setattr(decode, "_forward", counting)
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=12, seed=3)
+    shared = texts(four.chat([STORY], params))[0]
+    assert prefill_rows == [1]  # four samples, one prompt in the prefill
+    alone = [
+        texts(four.chat([STORY], params.model_copy(update={"n": 1, "seed": 3 + i})))[0][0]
+        for i in range(4)
+    ]
+    assert shared == alone and len(set(shared)) > 1
+    four.close()
+
+
 # --- openai backend against a real `transformers serve` ----------------------------------------
 
 
@@ -283,6 +309,35 @@ def test_serve_command_serves_the_model_each_job_names_one_at_a_time(
     assert second.chat([ADD], GREEDY)[0].completions[0].text == answer.completions[0].text
     models.close()
     assert second.server.process.poll() is not None
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+with open(sys.argv[1], "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_model_swap_waits_for_the_cotenant_holding_the_start_lock(
+    cfg: InferenceConfig, embedded: Path, tmp_path: Path
+) -> None:
+    # The other service of the same GPU is starting its server: this one must not start its own
+    # (nor free its old one) until that start is over.
+    lock = tmp_path / "locks" / "gpu-0"
+    lock.parent.mkdir()
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock), "3"], stdout=subprocess.PIPE, text=True
+    )
+    assert other.stdout is not None and other.stdout.readline().strip() == "locked"
+    began = time.monotonic()
+    models = OneModel(cfg.model_copy(update={"start_lock": lock}))
+    models(str(embedded))
+    waited = time.monotonic() - began
+    other.wait()
+    models.close()
+    assert waited >= 2.0, f"started after {waited:.1f} s, while the co-tenant held the lock"
 
 
 def test_serve_command_that_exits_names_the_model(cfg: InferenceConfig, embedded: Path) -> None:

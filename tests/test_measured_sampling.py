@@ -1,4 +1,4 @@
-"""`dualphase bench sampling-measured`: schedules evaluated on streams of real samples.
+"""`python -m benchmarks.sampling_measured`: schedules evaluated on streams of real samples.
 
 The streams come from the embedded SmolLM2-135M through the generator's and the verifier's own
 code, so these tests also prove the claim the measurement rests on: drawing round by round gives
@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.sampling_measured import NEVER, draw, first_indices, waves_up_to
+from benchmarks.sampling_measured import NEVER, app, draw, first_indices, waves_up_to
 from benchmarks.sampling_simulation import PAPER_SCHEDULE, compare, run_schedule
-from dualphase.cli import app
 from shared.core.messages import SamplingParams
 from shared.core.settings import Settings
 from shared.datasets.synthetic import SyntheticProblem
@@ -53,7 +52,14 @@ def test_waves_continue_the_schedule_to_the_longest_cap() -> None:
 @pytest.fixture(scope="module")
 def settings() -> Settings:
     s = Settings()
-    s.inference.threads, s.inference.batch_size = 1, 8
+    # One row at a time: what is proven here is the seeding (sample j is seeded seed + j), and a
+    # row decoded alone is computed the same way in every wave and in the one pass. That rows
+    # beside it change nothing is tests/test_inference.py's claim; here, on a CI machine whose
+    # CPU could not be identified, 8-row batches of waves and of the one pass drew different
+    # samples, in bfloat16 and then in float32 (passing on an AVX2 AMD and an AMX Intel machine).
+    s.inference.threads, s.inference.batch_size = 1, 1
+    # float32 everywhere: bfloat16 samples differ between CPUs (AMX, AVX512-BF16, emulated).
+    s.inference.dtype = "float32"
     s.generator.max_new_tokens = 12
     # This file is about how streams are drawn, on 12-token samples: a sample counts as correct
     # by its grade alone, so the rules that need a finished, stated answer are off here.
@@ -63,13 +69,15 @@ def settings() -> Settings:
 
 
 def test_stream_stops_at_the_first_accepted_wave_and_equals_one_pass(settings: Settings) -> None:
-    waves, seed = [1, 2, 3], 40
+    # Samples answer 2 + 3 with a 5 now and then (2 of the first 12 at seed 40, 4 at seed 0, in
+    # float32): 31 of them leave the easy problem unsolved with a chance under one in a thousand.
+    waves, seed = [1, 2, 4, 8, 16], 40
     streams = {s["id"]: s for s in draw(settings, [EASY, NEVER_SOLVED], waves, seed)}
     never = streams["never"]
-    assert len(never["accepted"]) == 6 and not any(never["accepted"])
+    assert len(never["accepted"]) == 31 and not any(never["accepted"])
     easy = streams["easy"]
     first = first_indices([easy])[0, 0]
-    assert first != NEVER, "the model should answer 2 + 3 within 6 samples"
+    assert first != NEVER, "the model should answer 2 + 3 within 31 samples"
     ends = np.cumsum(waves)
     assert len(easy["accepted"]) == ends[np.searchsorted(ends, first)]  # stopped at its wave
     # Round by round = one pass: the token counts of every sample match a single chat call.
@@ -89,7 +97,7 @@ def test_stream_stops_at_the_first_accepted_wave_and_equals_one_pass(settings: S
 def test_sampling_measured_command_writes_streams_and_replays_them(tmp_path: Path) -> None:
     out = tmp_path / "streams.json"
     env = {"DUALPHASE_GENERATOR__MAX_NEW_TOKENS": "8", "DUALPHASE_INFERENCE__THREADS": "1"}
-    args = ["bench", "sampling-measured", "--problems", "2", "--cap", "3", "--schedule", "1,2"]
+    args = ["--problems", "2", "--cap", "3", "--schedule", "1,2"]
     result = CliRunner().invoke(app, [*args, "--out", str(out)], env=env)
     assert result.exit_code == 0, result.output
     saved = json.loads(out.read_text())

@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from sampler_svc.admin import SOURCE, admin_router
+from control_svc.admin import SOURCE, admin_router
 from shared.core.bus import Publisher, ensure_topics
 from shared.core.db import Problem, Run, make_engine, make_sessionmaker
 from shared.core.messages import ALL_TOPICS
 from shared.core.service import make_app
-from shared.core.settings import CONFIG_ENV, CommonSettings, Settings
+from shared.core.settings import CONFIG_ENV, CommonSettings, ControlSettings, Settings
 
 GOOD = '{"id": "p1", "question": "Ann has 2 apples and gets 3 more. How many?", "answer": "5"}'
 GOOD2 = '{"id": "p2", "question": "Ben has 7 cards and gives 4 away. How many?", "answer": "3"}'
@@ -94,13 +94,14 @@ def test_post_runs_rejects_bad_problems_naming_line_and_field(
     # JSON cannot carry raw bytes: a client sends them as lone surrogates (Python's way).
     text = content.decode("utf-8", "surrogateescape") if isinstance(content, bytes) else content
     settings = Settings(
-        common=common.model_copy(update={"admin_token": "t", "database_url": db_url})
+        common=common.model_copy(update={"database_url": db_url}),
+        control=ControlSettings(admin_token="t"),
     )
     ensure_topics(common, ALL_TOPICS)
     engine = make_engine(db_url)
     publisher = Publisher(settings.common)
     router = admin_router(settings, make_sessionmaker(engine), publisher)
-    client = TestClient(make_app("sampler-svc", engine, publisher, [], routers=[router]))
+    client = TestClient(make_app("control-svc", engine, publisher, [], routers=[router]))
     before = run_rows(db_url)
     body = json.dumps({"problems": text, "phase1": 1})  # \udce9 travels as an escape
     try:
@@ -118,12 +119,13 @@ def test_post_runs_rejects_a_body_that_is_not_utf8_and_creates_nothing(
     common: CommonSettings, sqlite_url: str
 ) -> None:
     settings = Settings(
-        common=common.model_copy(update={"admin_token": "t", "database_url": sqlite_url})
+        common=common.model_copy(update={"database_url": sqlite_url}),
+        control=ControlSettings(admin_token="t"),
     )
     engine = make_engine(sqlite_url)
     publisher = Publisher(settings.common)
     router = admin_router(settings, make_sessionmaker(engine), publisher)
-    client = TestClient(make_app("sampler-svc", engine, publisher, [], routers=[router]))
+    client = TestClient(make_app("control-svc", engine, publisher, [], routers=[router]))
     body = b'{"problems": [{"question": "caf\xe9?", "answer": "1"}]}'
     try:
         reply = client.post("/runs", content=body, headers=HEADERS)

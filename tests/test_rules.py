@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 
 from shared.core.settings import VerifierSettings
+from shared.method.prompts import load_prompts
 from verifier_svc.rules import (
     apply_rules,
     boxed_answer,
@@ -26,7 +27,7 @@ GOOD = (
 
 
 def test_a_good_long_cot_passes_every_rule() -> None:
-    results = apply_rules(GOOD, 80, "stop", VerifierSettings(), phase=1)
+    results = apply_rules(GOOD, 80, "stop", VerifierSettings(), phase=1, checks=GOOD)
     assert [r.rule for r in results if not r.passed] == []
     assert len(results) == 7
 
@@ -65,6 +66,21 @@ def test_checking_rule_needs_review_language() -> None:
     assert has_checking_steps(plain, 2).reason == "0 checking/correction phrases < 2"
 
 
+def test_an_echo_of_the_review_prompt_passes_no_checking_rule() -> None:
+    prompts = load_prompts("v1")
+    instructions = f"{prompts.review}\n{prompts.rewrite}"
+    # The model copies the review instructions and checks nothing itself.
+    echo = (
+        "Verify each step: recompute every calculation and check that each step follows from "
+        "the previous one. If you find an error, backtrack to the step where it happened and "
+        "redo the work from there. Reason backward: start from your answer and check that it "
+        "satisfies every condition of the problem. The answer is \\boxed{6}."
+    )
+    assert has_checking_steps(echo, 2).passed  # counted on the raw text, the echo passes
+    assert has_checking_steps(echo, 2, instructions).reason == ("0 checking/correction phrases < 2")
+    assert has_checking_steps(GOOD, 2, instructions).passed  # its own checks still count
+
+
 def test_phase2_skips_the_checking_rule_and_outcomes_are_counted() -> None:
     def count(rule: str, result: str) -> float:
         value = REGISTRY.get_sample_value(
@@ -82,10 +98,10 @@ def test_phase2_skips_the_checking_rule_and_outcomes_are_counted() -> None:
 def test_disabled_rules_are_not_applied() -> None:
     unboxed = GOOD.replace("\\boxed{5}", "5")
     settings = VerifierSettings(disabled_rules=["boxed_answer"])
-    results = apply_rules(unboxed, 80, "stop", settings, phase=1)
+    results = apply_rules(unboxed, 80, "stop", settings, phase=1, checks=unboxed)
     assert "boxed_answer" not in [r.rule for r in results]
     assert all(r.passed for r in results)
-    default = apply_rules(unboxed, 80, "stop", VerifierSettings(), phase=1)
+    default = apply_rules(unboxed, 80, "stop", VerifierSettings(), phase=1, checks=unboxed)
     assert [r.rule for r in default if not r.passed] == ["boxed_answer"]
 
 

@@ -1,5 +1,6 @@
 """sampler-svc: the 1:1 phase-1 set, the escalating phase-2 rounds, markers, decontamination,
-shards, and a sampler killed with SIGKILL mid-round over the real broker and PostgreSQL.
+shards, what the control plane re-sends when a publish is lost, and a sampler killed with SIGKILL
+mid-round over the real broker and PostgreSQL.
 
 Run as a script (``python tests/test_sampler.py worker ...``) this file is the sampler consumer
 process that the kill test starts and kills.
@@ -14,6 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -22,14 +24,15 @@ from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartitio
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_svc.reconciler import Reconciler, consumed, owed
+from dualphase import run_story
 from sampler_svc import handler as sampler
 from sampler_svc.balance import balanced_counts, build_phase1_set
-from sampler_svc.decontam import Decontaminator, benchmark_questions
-from sampler_svc.reconciler import Reconciler, consumed
-from sampler_svc.rounds import pending_jobs
-from sampler_svc.sealing import seal_phase1, seal_phase2
+from sampler_svc.decontam import Decontaminator
+from sampler_svc.sealing import contaminated
 from shared.core import shards
-from shared.core.bus import Consumer, Publisher, ensure_topics, topic_name
+from shared.core.bus import Publisher, ensure_topics, topic_name
+from shared.core.consumer import Consumer
 from shared.core.db import (
     AttemptCount,
     CheckpointRow,
@@ -54,27 +57,43 @@ from shared.core.messages import (
     Generation,
     Message,
     ProblemJob,
-    RejectionSampled,
     SamplingParams,
     ShardManifest,
     Verdict,
     VerifiedSamples,
 )
-from shared.core.settings import CommonSettings, EvalSettings, SamplerSettings, Settings
-from shared.method.grading import Grader, last_boxed
-from shared.method.markers import render, strip_marker
+from shared.core.settings import (
+    CommonSettings,
+    DataSettings,
+    EvalSettings,
+    SamplerSettings,
+    Settings,
+)
+from shared.datasets import SYNTHETIC_SIZE, DatasetUnavailable, load_benchmark, load_benchmarks
+from shared.datasets.rows import last_boxed
+from shared.method.grading import Grader
+from shared.method.markers import render
 
 HERE = Path(__file__).resolve()
-DATASETS = HERE.parents[2] / "shared" / "datasets"
+DATASETS = HERE.parents[2] / "shared" / "datasets"  # the harness files, read as a test's data
 BENCHMARKS = DATASETS / "benchmarks"
 TRAIN = DATASETS / "train" / "math_test_full.jsonl"
 CHECKS = "Let me verify each step. I check the arithmetic again and confirm it is right."
 
 
+@pytest.fixture(autouse=True, scope="module")
+def local_datasets(data_settings: DataSettings) -> Iterator[None]:
+    """Every Settings of this module (and of the workers it starts) reads the benchmarks that
+    decontamination checks from the local copies (data.local_dir), as a service would."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DUALPHASE_DATA__LOCAL_DIR", str(data_settings.local_dir))
+        env.setenv("DUALPHASE_DATA__CACHE_DIR", str(data_settings.cache_dir))
+        yield
+
+
 def make_settings(data_dir: Path, **sampler_fields: object) -> Settings:
     return Settings(
         common=CommonSettings(data_dir=data_dir),
-        eval=EvalSettings(datasets_dir=BENCHMARKS),
         sampler=SamplerSettings(**sampler_fields),
     )
 
@@ -114,8 +133,8 @@ def add_generations(session: Session, job: ProblemJob, texts: list[list[str]]) -
             tokens=[len(t) for t in turns],
             model=job.model or "m0",
             prompt_version="v1",
-            params=job.params.model_dump(),
-            seed=job.params.seed + i,
+            params=SamplingParams(n=job.n, seed=job.seed).model_dump(),
+            seed=job.seed + i,
         )
         for i, (sid, turns) in enumerate(zip(ids, texts, strict=True))
     ]
@@ -185,20 +204,17 @@ def read_rows(path: str) -> list[dict]:
 # --- phase 1 ----------------------------------------------------------------------------------
 
 
-def reconcile(session: Session, settings: Settings) -> list[Message]:
-    """What the reconciler's pass owes every run of the database: seals and pending jobs."""
-    out: list[Message] = []
-    for run_id in session.scalars(select(Run.id).order_by(Run.id)).all():
-        out += seal_phase1(session, run_id, settings, again=True)
-        out += pending_jobs(session, run_id, settings)
-        out += seal_phase2(session, run_id, settings, again=True)
-    return out
+def reconcile(sessions: sessionmaker[Session], settings: Settings) -> list[Message]:
+    """What the control plane's pass owes every run of the database."""
+    with sessions() as session:
+        runs = session.scalars(select(Run.id).order_by(Run.id)).all()
+    return [m for run_id in runs for m in owed(sessions, run_id, settings)]
 
 
 @pytest.fixture(scope="module")
-def clean_math_problems() -> list[tuple[str, str, str]]:
+def clean_math_problems(data_settings: DataSettings) -> list[tuple[str, str, str]]:
     """40 real MATH problems (id, question, gold) that share no 13-gram with a benchmark."""
-    check = Decontaminator.from_folder(BENCHMARKS, 13)
+    check = Decontaminator.from_benchmarks(load_benchmarks(EvalSettings(), data_settings), 13)
     out = []
     with TRAIN.open() as f:
         for line in f:
@@ -280,13 +296,73 @@ def test_phase1_set_is_exactly_one_to_one_on_real_verdicts(
     assert counts["phase1:rule:has_checking_steps"] == (1, 39)
     assert counts["phase1:balance"] == (15, 16)
     assert manifest.files[0].rows == 16 and all(r["source"] == "multi-turn" for r in rows)
-    assert rows[0]["completion"][0]["content"].startswith("Solving step by step")  # turn 3
+    first, review, rewrite = rows[0]["completion"][0]["content"].split("\n\n")  # the chain
+    assert first.startswith("First attempt") and review == "Review."
+    assert rewrite.startswith("Solving step by step")
 
     with sessions.begin() as session:  # a redelivered verdict: announced once, file untouched
         assert sampler.on_verdicts(session, messages[3], settings) == []
-        recovered = reconcile(session, settings)  # a lost publish is announced again
-    assert manifest in recovered
+    assert manifest in reconcile(sessions, settings)  # a lost publish is announced again
     shards.verify(manifest.files[0])
+
+
+def test_a_phase1_set_whose_last_verdicts_were_lost_is_sealed_on_the_message_sent_again(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # The verifier wrote every verdict, but the broker lost its last message to the sampler: the
+    # control plane re-sends that message, rebuilt from the verdict rows, and the sampler seals.
+    sessions = make_sessionmaker(make_engine(sqlite_url))
+    settings = make_settings(tmp_path)
+    run_id = add_run(sessions, phase1=[("p0", "Question p0?", "1"), ("p1", "Question p1?", "1")])
+    messages = [phase1_verdicts(run_id, "p0", "RR"), phase1_verdicts(run_id, "p1", "WR")]
+    with sessions.begin() as session:
+        for msg in messages:
+            add_generations(session, phase1_job(run_id, msg.problem_id), [["1", "R.", "1"]])
+        assert sampler.on_verdicts(session, messages[0], settings) == []  # p1 not judged yet
+        insert_verdicts(session, messages[1])  # the verifier's write; its message never arrives
+    with sessions.begin() as session:
+        assert not shards.registered(session, run_id, "phase1")
+    resent = [m for m in reconcile(sessions, settings) if m.run_id == run_id]
+    assert resent == [messages[1]]
+    with sessions.begin() as session:
+        (manifest,) = sampler.on_verdicts(session, resent[0], settings)
+    assert manifest.stage == "phase1" and manifest.files[0].rows == 2
+
+
+@pytest.mark.parametrize("row", ["chain", "rewrite"])
+def test_a_phase1_row_holds_the_first_answer_the_check_and_the_correction(
+    sqlite_url: str, tmp_path: Path, row: str
+) -> None:
+    sessions = make_sessionmaker(make_engine(sqlite_url))
+    settings = make_settings(tmp_path, phase1_row=row)
+    run_id = add_run(sessions, phase1=[("p0", "What is 2 + 3?", "5"), ("p1", "1 + 1?", "2")])
+    turns = [
+        "2 + 3 = 6. The answer is 6.",
+        "Let me verify: 2 + 3 is 5, not 6. I made a mistake in the sum.",
+        "First I wrote 2 + 3 = 6, then I checked it: the sum is 5. The answer is \\boxed{5}.",
+    ]
+    with sessions.begin() as session:  # p1, right first time, balances p0 (1:1)
+        add_generations(session, phase1_job(run_id, "p0"), [turns])
+        add_generations(session, phase1_job(run_id, "p1"), [["2", "Review.", "\\boxed{2}"]])
+        sampler.on_verdicts(session, phase1_verdicts(run_id, "p1", "RR"), settings)
+        (manifest,) = sampler.on_verdicts(session, phase1_verdicts(run_id, "p0", "WR"), settings)
+    (shard_row,) = [r for r in read_rows(manifest.files[0].path) if r["problem_id"] == "p0"]
+    completion = shard_row["completion"]
+    assert len(completion) == 1  # one assistant turn
+    text = completion[0]["content"]
+    if row == "chain":  # the first answer, its review and correction, the rewrite as summary
+        assert text == "\n\n".join(turns)
+    else:
+        assert text == turns[-1]
+    with sessions() as session:  # the report gives both lengths (add_generations: characters)
+        section = run_story.phase1_rows(session, run_id)
+    both = [turns, ["2", "Review.", "\\boxed{2}"]]
+    chain = sum(len(t) for ts in both for t in ts) / 2
+    rewrite = sum(len(ts[-1]) for ts in both) / 2
+    assert [r[1] for r in section.rows] == [f"{chain:.0f}", f"{rewrite:.0f}"]
+    Path(manifest.files[0].path).unlink()  # the shard folder deleted since: no rows, no error
+    with sessions() as session:
+        assert run_story.phase1_rows(session, run_id).rows == []
 
 
 def test_phase1_manifest_is_announced_once_when_the_verifier_wrote_every_verdict_first(
@@ -333,8 +409,7 @@ def test_a_manifest_whose_checkpoint_was_left_training_is_announced_again(
                 status=status,
             )
         )
-    with sessions.begin() as session:
-        assert (manifest in reconcile(session, settings)) is announced
+    assert (manifest in reconcile(sessions, settings)) is announced
 
 
 def test_a_one_phase_run_never_gets_its_m1_announced_again_for_phase_2(
@@ -345,7 +420,7 @@ def test_a_one_phase_run_never_gets_its_m1_announced_again_for_phase_2(
     sessions = make_sessionmaker(make_engine(sqlite_url))
     settings = Settings(
         common=common,
-        eval=EvalSettings(datasets_dir=BENCHMARKS, benchmarks=["gsm8k"]),
+        eval=EvalSettings(benchmarks=["gsm8k"]),
         sampler=SamplerSettings(phases=1),
     )
     run_id = add_run(
@@ -371,6 +446,47 @@ def test_a_one_phase_run_never_gets_its_m1_announced_again_for_phase_2(
     assert "CheckpointReady" not in published
 
 
+def test_m1_lost_to_a_run_without_phase2_problems_is_announced_until_the_shard_is_sealed(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # No phase-2 problem: M1's announcement makes the sampler seal the joint shard at once. If
+    # the announcement was lost, only the control plane can send it again.
+    sessions = make_sessionmaker(make_engine(sqlite_url))
+    settings = make_settings(tmp_path)
+    settings.eval.benchmarks = ["synthetic"]
+    run_id = add_run(sessions, phase1=[("a", "Question a?", "1")])
+    with sessions.begin() as session:
+        add_generations(session, phase1_job(run_id, "a"), [["1", "Review.", f"{CHECKS} 1"]])
+        sampler.on_verdicts(session, phase1_verdicts(run_id, "a", "RR"), settings)
+        session.add(
+            CheckpointRow(id=f"{run_id}-m1", run_id=run_id, stage="M1", path="/m1", status="ready")
+        )
+        session.add(  # evaluated: only its announcement to the sampler is missing
+            EvalResult(
+                run_id=run_id,
+                checkpoint_id=f"{run_id}-m1",
+                benchmark="synthetic",
+                problems=1,
+                samples=1,
+                accuracy=0.0,
+                mean_tokens=1.0,
+            )
+        )
+
+    def lost_m1() -> list[Message]:
+        return [
+            m
+            for m in reconcile(sessions, settings)
+            if isinstance(m, CheckpointReady) and m.run_id == run_id and m.stage == "M1"
+        ]
+
+    (again,) = lost_m1()
+    with sessions.begin() as session:
+        (manifest,) = sampler.on_checkpoint(session, again, settings)
+    assert manifest.stage == "joint"
+    assert lost_m1() == []
+
+
 def test_a_stage_holding_the_second_message_of_a_batch_is_not_idle(common: CommonSettings) -> None:
     # The phase-1 and oracle manifests go out as one record batch; Tansu then reports the
     # partition's end as 1. A trainer that committed the first and trains on the second is busy.
@@ -378,7 +494,9 @@ def test_a_stage_holding_the_second_message_of_a_batch_is_not_idle(common: Commo
     topic = topic_name(common, TRAINING_SHARDS)
     producer = KafkaProducer(bootstrap_servers=common.kafka_bootstrap, linger_ms=200)
     for stage in ("phase1", "oracle"):
-        message = shards.manifest("run-x", stage, [], "embedded")
+        message = ShardManifest(
+            run_id="run-x", shard_id=f"run-x:{stage}", stage=stage, base_model="m", files=[]
+        )
         producer.send(topic, key=message.key().encode(), value=message.to_bytes())
     producer.flush()
     producer.close()
@@ -409,11 +527,13 @@ def read_all(common: CommonSettings, topic: str, count: int) -> list:
     return records
 
 
-def test_decontamination_drops_a_planted_benchmark_problem(db_url: str, tmp_path: Path) -> None:
+def test_decontamination_drops_a_planted_benchmark_problem(
+    db_url: str, tmp_path: Path, data_settings: DataSettings
+) -> None:
     math500 = json.loads((BENCHMARKS / "math500" / "test.jsonl").read_text().splitlines()[17])
     # The copy differs in spacing and punctuation: n-grams of words still match.
     planted = ("planted", "  " + math500["problem"].replace(" ", "  ").replace(",", " ,"), "1")
-    check = Decontaminator.from_folder(BENCHMARKS, 13)
+    check = Decontaminator.from_benchmarks(load_benchmarks(EvalSettings(), data_settings), 13)
     assert check.match(planted[1]) is not None
     synthetic = [
         (f"s{i}", f"Ava has {i + 3} apples and gets {i} more. How many?", "1") for i in range(4)
@@ -443,11 +563,34 @@ def test_decontamination_drops_a_planted_benchmark_problem(db_url: str, tmp_path
     assert (dropped.failed, dropped.passed) == (1, 4)
 
 
-def test_bad_benchmark_file_is_named_with_its_line(tmp_path: Path) -> None:
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "test.jsonl").write_text('{"question": "ok"}\n{"answer": 3}\n')
-    with pytest.raises(ValueError, match=r"mine/test.jsonl:2: field 'question'"):
-        benchmark_questions(tmp_path)
+def test_decontamination_covers_the_held_out_synthetic_problems_beyond_the_evaluated_ones(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    held_out = load_benchmark("synthetic", limit=SYNTHETIC_SIZE)[150]  # not among the 10 run
+    own = "Ava has 3 apples and gets 2 more. How many?"
+    settings = Settings(
+        common=CommonSettings(data_dir=tmp_path),
+        eval=EvalSettings(benchmarks=["synthetic"], limit=10),
+    )
+    sessions = make_sessionmaker(make_engine(sqlite_url))
+    run_id = add_run(sessions, phase1=[("copy", held_out.question, "1"), ("own", own, "5")])
+    with sessions() as session:
+        assert contaminated(session, run_id, settings) == {"copy"}
+
+
+def test_decontamination_that_cannot_load_a_benchmark_names_its_id_and_the_setting(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        common=CommonSettings(data_dir=tmp_path),
+        eval=EvalSettings(benchmarks=["synthetic", "gsm8k"]),
+        data=DataSettings(local_dir=tmp_path / "copies", cache_dir=tmp_path / "cache"),
+    )
+    sessions = make_sessionmaker(make_engine(sqlite_url))
+    run_id = add_run(sessions, phase1=[("a", "Question a?", "1")])
+    with sessions() as session, pytest.raises(DatasetUnavailable) as caught:
+        contaminated(session, run_id, settings)
+    assert "openai/gsm8k" in str(caught.value) and "data.local_dir" in str(caught.value)
 
 
 # --- markers ----------------------------------------------------------------------------------
@@ -464,7 +607,6 @@ def test_markers_render_each_way(style: str) -> None:
     assert user == {"role": "user", "content": "What is 2+2?"}
     assert ("<<RS>>" in system["content"]) == (style == "system")
     assert answer.startswith("<<RS>>") == (style == "prefix")
-    assert strip_marker(answer, settings) == "It is \\boxed{4}."
     long_cot = render("S", "Q", "A", "multi-turn", settings)
     text = long_cot["prompt"][0]["content"] + long_cot["completion"][0]["content"]
     assert ("[multi-turn long CoT]" in text) == (style != "none")
@@ -499,14 +641,13 @@ def test_rounds_escalate_through_the_schedule_and_redelivery_counts_nothing_twic
     while queue:
         job = queue.pop(0)
         published.append(job)
-        assert isinstance(job, ProblemJob) and job.params.n == [2, 3, 5][job.round]
-        with sessions.begin() as session:  # reconcile finds exactly the jobs in flight
-            again = reconcile(session, settings)  # every run of the database
-            assert {j.job_id for j in again if j.run_id == run_id} == {
-                j.job_id for j in [job, *queue]
-            }
+        assert isinstance(job, ProblemJob) and job.n == [2, 3, 5][job.round]
+        again = reconcile(sessions, settings)  # the control plane finds exactly the jobs in flight
+        assert {j.job_id for j in again if isinstance(j, ProblemJob) and j.run_id == run_id} == {
+            j.job_id for j in [job, *queue]
+        }
         with sessions.begin() as session:
-            msg = answer_job(session, job, *texts_for(job.problem_id, job.round, job.params.n))
+            msg = answer_job(session, job, *texts_for(job.problem_id, job.round, job.n))
             out = sampler.on_verdicts(session, msg, settings)
         with sessions.begin() as session:
             assert sampler.on_verdicts(session, msg, settings) == []  # redelivered
@@ -519,7 +660,7 @@ def test_rounds_escalate_through_the_schedule_and_redelivery_counts_nothing_twic
         for p, rounds in {"easy": 1, "late": 2, "mid": 3, "never": 3}.items()
         for r in range(rounds)
     )
-    seeds = {m.round: m.params.seed for m in published if isinstance(m, ProblemJob)}
+    seeds = {m.round: m.seed for m in published if isinstance(m, ProblemJob)}
     assert seeds == {0: 7, 1: 9, 2: 12}  # run seed + samples of the earlier rounds
     with sessions() as session:
         counts = {
@@ -532,11 +673,6 @@ def test_rounds_escalate_through_the_schedule_and_redelivery_counts_nothing_twic
         "mid": ("solved", 2, 10, 3),
         "never": ("exhausted", 2, 10, 0),
     }
-    finals = {m.problem_id: m for m in published if isinstance(m, RejectionSampled)}
-    assert len(finals["easy"].kept_sample_ids) == 1  # two texts, one solution
-    assert len(finals["mid"].kept_sample_ids) == 2  # three correct, k = 2
-    assert finals["never"].state == "exhausted" and finals["never"].kept_sample_ids == []
-
     (manifest,) = [m for m in published if isinstance(m, ShardManifest)]
     assert (manifest.stage, manifest.base_model) == ("phase2", f"/ckpt/{run_id}/m1")
     assert manifest.parent_checkpoint_id == f"{run_id}-m1"
@@ -545,8 +681,9 @@ def test_rounds_escalate_through_the_schedule_and_redelivery_counts_nothing_twic
     loaded = datasets.load_dataset("json", data_files=file.path, split="train")
     assert loaded.num_rows == file.rows == 4
     assert set(loaded["source"]) == {"rejection"}
-    kept_ids = [s for m in finals.values() for s in m.kept_sample_ids]
-    assert sorted(loaded["sample_id"]) == sorted(kept_ids)
+    kept = Counter(sample_id.split(":")[1] for sample_id in loaded["sample_id"])
+    # easy: two texts, one solution; mid: three correct, k = 2; never: exhausted
+    assert kept == {"easy": 1, "late": 1, "mid": 2}
     assert loaded[0]["prompt"][1]["content"].startswith("Question")
     assert "[rejection sampled]" in loaded[0]["prompt"][0]["content"]
     with sessions() as session:
@@ -581,8 +718,8 @@ def test_joint_shard_merges_both_phases_with_prefix_markers(db_url: str, tmp_pat
     rows = read_rows(manifest.files[0].path)
     completions = {r["sample_id"].split(":")[1]: r["completion"][0]["content"] for r in rows}
     assert completions == {
-        "a": "[multi-turn long CoT]\nlong CoT a",
-        "b": "[multi-turn long CoT]\nlong CoT b",
+        "a": "[multi-turn long CoT]\nt1\n\nt2\n\nlong CoT a",
+        "b": "[multi-turn long CoT]\nt1\n\nt2\n\nlong CoT b",
         "easy": "[rejection sampled]\nTwo  plus two is \\boxed{4}.",
     }
 
@@ -603,7 +740,6 @@ def worker_settings(bootstrap: str, prefix: str, data_dir: str) -> Settings:
             session_timeout_ms=6000,
             retry_backoff_s=0.05,
         ),
-        eval=EvalSettings(datasets_dir=BENCHMARKS),
         sampler=SamplerSettings(schedule=SCHEDULE, mode="sequential"),
     )
 
@@ -620,8 +756,7 @@ def worker_main(
         with open(log, "a") as f:
             f.write(line + "\n")
 
-    with sessions.begin() as session:
-        lost = reconcile(session, settings)
+    lost = reconcile(sessions, settings)  # control-svc's pass at start-up
     publisher.publish_all(lost)
     note(f"started {len(lost)}")
 
@@ -690,10 +825,9 @@ def test_sampler_killed_mid_round_loses_and_repeats_no_round(
                     answered[job.job_id] += 1
                     target = KILL_PLAN[job.problem_id]
                     with sessions.begin() as session:
-                        right = [job.round == target and i == 0 for i in range(job.params.n)]
-                        msg = answer_job(
-                            session, job, right, [f"{job.job_id} s{i}" for i in range(job.params.n)]
-                        )
+                        right = [job.round == target and i == 0 for i in range(job.n)]
+                        texts = [f"{job.job_id} s{i}" for i in range(job.n)]
+                        msg = answer_job(session, job, right, texts)
                     publisher.publish(VERIFIED_SAMPLES, msg)
             lines = log.read_text().splitlines() if log.exists() else []
             committed = [ln for ln in lines if ln.startswith("committed")]
@@ -800,6 +934,7 @@ def test_the_oracle_arm_trains_on_reference_solutions_without_a_marker(
     assert row["completion"][0]["content"] == "1 + 0 = 1.\nThe answer is \\boxed{1}."
     system = row["prompt"][0]["content"]
     assert settings.sampler.marker_multi_turn not in system  # a control: no marker
-    with sessions.begin() as session:  # announced once; the reconciler announces it again
+    with sessions.begin() as session:  # announced once; the control plane announces it again
         assert sampler.on_verdicts(session, msg, settings) == []
-        assert [m.stage for m in reconcile(session, settings)] == ["phase1", "oracle"]
+    lost = [m for m in reconcile(sessions, settings) if isinstance(m, ShardManifest)]
+    assert sorted(m.stage for m in lost if m.run_id == run_id) == ["oracle", "phase1"]

@@ -1,4 +1,5 @@
-"""`dualphase bench sampling`: the schedule simulation against closed forms and the target."""
+"""`python -m benchmarks.sampling_simulation`: the schedule simulation against closed forms
+and the target."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.sampling_simulation import PAPER_SCHEDULE, SimulationConfig, simulate
-from dualphase.cli import app
+from benchmarks.sampling_simulation import PAPER_SCHEDULE, SimulationConfig, app, simulate
 from shared.core.settings import SamplerSettings
 
 
@@ -49,8 +49,8 @@ def test_shipped_schedule_keeps_uniform_coverage_within_1_25x_and_fills_batches(
     assert beta_half["ideal (one at a time)"].smallest_wave < 16  # the ideal cannot
 
 
-def test_bench_sampling_command_prints_the_table() -> None:
-    result = CliRunner().invoke(app, ["bench", "sampling", "--trials", "50", "--schedule", "2,98"])
+def test_simulation_command_prints_the_table() -> None:
+    result = CliRunner().invoke(app, ["--trials", "50", "--schedule", "2,98"])
     assert result.exit_code == 0, result.output
     assert "| paper: 4,10,100 | 3 |" in result.output
     assert "| option 1: 2,98 | 2 |" in result.output

@@ -28,7 +28,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from shared.core.bus import Consumer, PermanentError, Publisher, ensure_topics, topic_name
+from shared.core.bus import PermanentError, Publisher, ensure_topics, topic_name
+from shared.core.consumer import Consumer
 from shared.core.db import CheckpointRow, make_engine, make_sessionmaker
 from shared.core.messages import (
     CHECKPOINTS,
@@ -48,7 +49,13 @@ from trainer_svc.handler import (
     handle_manifest,
     train_shard,
 )
-from trainer_svc.train import TrainJob, TrainResult, last_complete_checkpoint, train
+from trainer_svc.train import (
+    TrainJob,
+    TrainResult,
+    completion_loss,
+    last_complete_checkpoint,
+    train,
+)
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 MATH = DATASETS / "train" / "math_test_full.jsonl"
@@ -83,39 +90,20 @@ def math_rows(n: int, max_chars: int = 400) -> list[dict[str, Any]]:
 
 def tiny(**overrides: Any) -> TrainerSettings:
     """The cpu-tiny preset, smaller still: a few updates on 128-token sequences."""
-    fields: dict[str, Any] = dict(
-        preset="cpu-tiny",
+    sft: dict[str, Any] = dict(
         max_length=128,
-        per_device_batch_size=2,
+        per_device_train_batch_size=2,
         gradient_accumulation_steps=1,
         max_steps=3,
         save_steps=100,
     )
-    return TrainerSettings(**{**fields, **overrides})
+    return TrainerSettings(preset="cpu-tiny", sft={**sft, **overrides})
 
 
 def manifest_for(files: list[ShardFile], shard_id: str = "r:joint") -> ShardManifest:
     return ShardManifest(
         run_id="r", shard_id=shard_id, stage="joint", base_model="embedded", files=files
     )
-
-
-def completion_loss(model_dir: str, rows: list[dict[str, Any]]) -> float:
-    """Mean loss of the model on the completion tokens of the rows."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    losses = []
-    for row in rows:
-        prompt = tokenizer.apply_chat_template(
-            row["prompt"], add_generation_prompt=True, tokenize=False
-        )
-        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-        ids = tokenizer(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        labels = ids.clone()
-        labels[0, : len(tokenizer(prompt, add_special_tokens=False)["input_ids"])] = -100
-        with torch.no_grad():
-            losses.append(model(input_ids=ids, labels=labels).loss.item())
-    return sum(losses) / len(losses)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -177,7 +165,7 @@ def test_fine_tuned_checkpoint_reloads_generates_and_fits_its_shard_better(
 ) -> None:
     settings, result, rows = trained.settings, trained.result, trained.rows
     assert result.global_step == 3 and result.steps_this_run == 3 and not result.adapter
-    assert result.tokens > 0 and result.config["packing"] is True
+    assert result.tokens > 0 and result.config["sft"]["packing"] is True
 
     model = AutoModelForCausalLM.from_pretrained(result.path)
     tokenizer = AutoTokenizer.from_pretrained(result.path)
@@ -211,7 +199,9 @@ def test_training_killed_with_sigkill_resumes_from_last_saved_step(tmp_path: Pat
         files=[shard.path],
         output_dir=tmp_path / "out",
         model=resolve_model("embedded", InferenceConfig()),
-        settings=tiny(max_steps=4, save_steps=1, lora=True, lora_r=8, lora_alpha=16),
+        settings=tiny(max_steps=4, save_steps=1).model_copy(
+            update={"lora": True, "lora_config": {"r": 8, "lora_alpha": 16}}
+        ),
     )
     job_file = tmp_path / "job.json"
     job_file.write_text(job.model_dump_json())

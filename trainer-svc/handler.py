@@ -39,7 +39,8 @@ from shared.core.messages import CHECKPOINTS, CheckpointReady, Message, ShardFil
 from shared.core.settings import Settings, TrainerSettings
 from shared.inference.hardware import claim_threads
 from shared.inference.model import resolve_model
-from shared.method.markers import prompt_manifest, write_prompt_manifest
+from shared.method.markers import checkpoint_prompt, write_prompt_manifest
+from shared.method.prompts import load_prompts
 from trainer_svc.train import PROGRESS, TrainJob, TrainResult, read_done, train
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,14 @@ def launch_accelerate(
     return result
 
 
+def write_checkpoint_prompt(model_dir: Path, manifest: ShardManifest, settings: Settings) -> None:
+    """Beside the weights: the prompt the checkpoint is sampled and evaluated with. It follows
+    from its stage and the settings, not from the sources its shard happened to hold."""
+    system = load_prompts(settings.generator.prompt_version).system
+    prompt = checkpoint_prompt(checkpoint_stage(manifest), system, settings.sampler)
+    write_prompt_manifest(model_dir, prompt)
+
+
 def handle_manifest(
     manifest: ShardManifest,
     settings: Settings,
@@ -242,9 +251,8 @@ def handle_manifest(
         raise
     finally:
         stats.current = {}
-    if "skipped" not in result.config:  # a trained model: it keeps the prompt it was trained on
-        rows = shards.read_rows(manifest.files)
-        write_prompt_manifest(Path(result.path), prompt_manifest(rows, settings.sampler))
+    if "skipped" not in result.config:  # a trained model: the prompt it is used with, beside it
+        write_checkpoint_prompt(Path(result.path), manifest, settings)
     with sessions.begin() as session:
         row = session.get_one(CheckpointRow, ckpt_id)
         row.path, row.status, row.error = result.path, "ready", ""

@@ -16,6 +16,7 @@ to train the ``TrainJob`` in that file; it writes ``progress.json`` beside the c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel
 from pydantic import BaseModel, Field
 from transformers import (
@@ -40,7 +41,8 @@ from transformers import (
 )
 from trl import SFTConfig, SFTTrainer
 
-from shared.core.settings import TrainerSettings
+from shared.core import shards
+from shared.core.settings import SettingsError, TrainerSettings
 from shared.inference.hardware import resolve_dtype
 
 DONE = "DONE"
@@ -71,7 +73,9 @@ class TrainResult(BaseModel):
     tokens: int = Field(description="Tokens (no padding) trained on by that process.")
     tokens_per_s: float = Field(description="tokens / training wall time of that process.")
     train_seconds: float
-    config: dict[str, Any] = Field(description="The trainer settings used.")
+    config: dict[str, Any] = Field(
+        description="The trainer settings used, with the effective SFTConfig fields as sft."
+    )
 
 
 def read_done(output_dir: Path) -> TrainResult | None:
@@ -101,10 +105,14 @@ def last_complete_checkpoint(steps_dir: Path) -> Path | None:
 
 
 def load_shard(files: list[str]) -> Dataset:
-    """The shard as a prompt-completion dataset, provenance columns removed."""
-    dataset = load_dataset("json", data_files=files, split="train")
-    extra = [c for c in dataset.column_names if c not in ("prompt", "completion")]
-    return dataset.remove_columns(extra)
+    """The shard as a prompt-completion dataset, provenance columns removed.
+
+    Built in memory, not with ``load_dataset("json")``, which writes an Arrow cache under HF_HOME:
+    compose mounts HF_HOME's volume read-only (``models:/models:ro``), where every training job
+    failed. A shard is read once per job, so a cache would only fill a disk.
+    """
+    rows = shards.read_rows(files)
+    return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
 
 def load_model(path: str, dtype: torch.dtype, attention: str = "sdpa") -> PreTrainedModel:
@@ -115,6 +123,15 @@ def load_model(path: str, dtype: torch.dtype, attention: str = "sdpa") -> PreTra
         )
         return peft.merge_and_unload()
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention)
+
+
+def weights_dtype(settings: TrainerSettings) -> torch.dtype:
+    """The dtype the trained weights live in: float32 for full fine-tuning whatever the precision.
+    bf16 mixed precision computes in bfloat16 under autocast, but an update (learning rate x
+    gradient, about 1e-5 of a weight) survives only in float32 weights: bfloat16's 8 mantissa
+    bits round most of it away (benchmarks/precision.py measures it). LoRA's frozen base may be
+    bfloat16; PEFT keeps its adapters in float32."""
+    return torch.bfloat16 if settings.lora and use_bf16(settings) else torch.float32
 
 
 def use_bf16(settings: TrainerSettings) -> bool:
@@ -128,32 +145,49 @@ def attention(settings: TrainerSettings) -> str:
     """The attention kernel: as set, or (auto) flex_attention where it pays (a GPU, packing)."""
     if settings.attn_implementation != "auto":
         return settings.attn_implementation
-    return "flex_attention" if torch.cuda.is_available() and settings.packing else "sdpa"
+    packing = settings.sft_fields().get("packing", False)
+    return "flex_attention" if torch.cuda.is_available() and packing else "sdpa"
+
+
+# Fields the trainer owns: where it writes, what it trains on, how it reports.
+OWN_FIELDS = {
+    "output_dir",
+    "bf16",
+    "use_cpu",
+    "save_strategy",
+    "completion_only_loss",
+    "report_to",
+    "disable_tqdm",
+}
+SFT_FIELDS = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
+
+
+def check_sft(settings: TrainerSettings) -> None:
+    """A SettingsError naming the first trainer.sft key that SFTConfig does not take, or that the
+    trainer sets itself (checked when the trainer starts, before a job fails on it)."""
+    for key in settings.sft:
+        if key in OWN_FIELDS:
+            raise SettingsError(
+                f"trainer.sft.{key}: set by the trainer itself (trainer.bf16 for bf16)"
+            )
+        if key not in SFT_FIELDS:
+            raise SettingsError(f"trainer.sft.{key}: not a field of TRL's SFTConfig")
+    unknown = set(settings.lora_config) - {f.name for f in dataclasses.fields(LoraConfig)}
+    if unknown:
+        raise SettingsError(
+            f"trainer.lora_config.{sorted(unknown)[0]}: not a field of PEFT's LoraConfig"
+        )
 
 
 def sft_config(settings: TrainerSettings, steps_dir: Path) -> SFTConfig:
-    s = settings
+    check_sft(settings)
     return SFTConfig(
+        **settings.sft_fields(),
         output_dir=str(steps_dir),
-        learning_rate=s.learning_rate,
-        num_train_epochs=s.epochs,
-        max_steps=s.max_steps,
-        per_device_train_batch_size=s.per_device_batch_size,
-        gradient_accumulation_steps=s.gradient_accumulation_steps,
-        lr_scheduler_type=s.lr_scheduler,
-        warmup_steps=s.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all updates
-        weight_decay=s.weight_decay,
-        bf16=use_bf16(s),
+        bf16=use_bf16(settings),
         # transformers refuses bf16 without a GPU unless told the run is on the CPU.
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=s.gradient_checkpointing,
         save_strategy="steps",
-        save_steps=s.save_steps,
-        save_total_limit=s.save_total_limit,
-        logging_steps=s.logging_steps,
-        seed=s.seed,
-        max_length=s.max_length,
-        packing=s.packing,
         completion_only_loss=True,
         report_to="none",
         disable_tqdm=True,
@@ -161,15 +195,7 @@ def sft_config(settings: TrainerSettings, steps_dir: Path) -> SFTConfig:
 
 
 def lora_config(settings: TrainerSettings) -> LoraConfig | None:
-    if not settings.lora:
-        return None
-    return LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=settings.lora_target_modules,
-        task_type="CAUSAL_LM",
-    )
+    return LoraConfig(**settings.lora_fields(), task_type="CAUSAL_LM") if settings.lora else None
 
 
 class ProgressCallback(TrainerCallback):
@@ -232,7 +258,7 @@ def train(job: TrainJob, report: Callable[[dict[str, Any]], None] | None = None)
     resume = last_complete_checkpoint(steps_dir)
 
     args = sft_config(settings, steps_dir)
-    dtype = torch.bfloat16 if use_bf16(settings) else torch.float32
+    dtype = weights_dtype(settings)
     tokenizer = AutoTokenizer.from_pretrained(job.model)
     callback = ProgressCallback(report or (lambda progress: None))
     trainer = SFTTrainer(
@@ -260,7 +286,7 @@ def train(job: TrainJob, report: Callable[[dict[str, Any]], None] | None = None)
         tokens=callback.tokens,
         tokens_per_s=callback.tokens / max(callback.train_seconds, 1e-9),
         train_seconds=callback.train_seconds,
-        config=settings.model_dump(mode="json"),
+        config=settings.model_dump(mode="json") | {"sft": settings.sft_fields()},
     )
     if trainer.accelerator.is_main_process:
         write_json_atomic(job.output_dir / DONE, result.model_dump_json(indent=1))
@@ -277,6 +303,8 @@ def save_final(trainer: SFTTrainer, job: TrainJob, final_dir: Path, dtype: torch
     tmp = job.output_dir / "model.tmp"
     if trainer.accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+    if use_bf16(job.settings):  # float32 master weights, served in the precision it trained in
+        trainer.model.config.dtype = torch.bfloat16
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))  # every rank takes part (FSDP gathers the weights)
     if not trainer.accelerator.is_main_process:
@@ -288,6 +316,25 @@ def save_final(trainer: SFTTrainer, job: TrainJob, final_dir: Path, dtype: torch
         trainer.processing_class.save_pretrained(tmp)
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(tmp, final_dir)
+
+
+def completion_loss(model_dir: str, rows: list[dict[str, Any]]) -> float:
+    """Mean loss of a model (in float32) on the completion tokens of shard rows: how well it fits
+    them (benchmarks/precision.py, tests/test_trainer.py)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    losses = []
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(
+            row["prompt"], add_generation_prompt=True, tokenize=False
+        )
+        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        ids = tokenizer(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        labels = ids.clone()
+        labels[0, : len(tokenizer(prompt, add_special_tokens=False)["input_ids"])] = -100
+        with torch.no_grad():
+            losses.append(model(input_ids=ids, labels=labels).loss.item())
+    return sum(losses) / len(losses)
 
 
 def write_progress(output_dir: Path) -> Callable[[dict[str, Any]], None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from shared.core.bus import Consumer
+from shared.core.consumer import Consumer
 from shared.core.db import RuleCount, insert_ignore, insert_verdicts
 from shared.core.messages import DIALOGUES, VERIFIED_SAMPLES, Dialogue, VerifiedSamples
 from shared.core.service import run_service, setup
@@ -16,7 +16,7 @@ from verifier_svc.handler import rule_tally, verify_dialogue
 
 def main() -> None:
     settings = load_settings()
-    engine, sessions, publisher = setup(settings)
+    engine, sessions, publisher = setup(settings.common)
     grader = Grader(timeout_s=settings.verifier.grade_timeout_s, workers=settings.verifier.workers)
     counts = {"verdicts": 0, "accepted": 0, "redelivered": 0}
 
@@ -37,7 +37,7 @@ def main() -> None:
     try:
         run_service(
             "verifier-svc",
-            settings,
+            settings.common,
             settings.verifier.port,
             engine,
             publisher,

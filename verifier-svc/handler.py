@@ -3,7 +3,9 @@
 Pure apart from the rule counters: no broker, no database (the service wires those around it).
 
 - Phase 1: a sample's turns are [solve, review, long CoT]. The turn-1 answer and the final answer
-  (the long CoT, the training target) are graded against the gold answer: category RR/RW/WR/WW.
+  (the long CoT) are graded against the gold answer: category RR/RW/WR/WW. A turn 1 cut at its
+  token budget before it stated an answer has no first try to grade: ?R or ?W, neither
+  initial-right nor initial-wrong (the phase-1 balance counts it as neither).
 - Phase 2: a sample is one solution: category R or W.
 A sample is accepted when its final answer is right and every rule of its phase passes; the rules
 reject a final turn cut at the token budget and one that states no explicit answer.
@@ -14,23 +16,32 @@ from __future__ import annotations
 from shared.core.messages import Dialogue, Generation, Verdict, VerifiedSamples
 from shared.core.settings import VerifierSettings
 from shared.method.grading import Grader
-from verifier_svc.rules import PHASE1_RULES, PHASE2_RULES, apply_rules
+from shared.method.prompts import Prompts, load_prompts
+from verifier_svc.rules import PHASE1_RULES, PHASE2_RULES, apply_rules, explicit_answer
 
 
 def _letter(correct: bool) -> str:
     return "R" if correct else "W"
 
 
-def _verdict(sample: Generation, phase: int, grades: list, settings: VerifierSettings) -> Verdict:
+def _verdict(
+    sample: Generation, phase: int, grades: list, settings: VerifierSettings, prompts: Prompts
+) -> Verdict:
     final_text = sample.turns[-1]
     final = grades[-1]
-    initial_correct = grades[0].correct if phase == 1 else None
-    category = _letter(final.correct)
-    if initial_correct is not None:
-        category = _letter(initial_correct) + category
     # Messages from before finish reasons were recorded: unknown, so not counted as truncated.
-    finish = sample.finish_reasons[-1] if sample.finish_reasons else "stop"
-    results = apply_rules(final_text, sample.tokens[-1], finish, settings, phase)
+    finishes = sample.finish_reasons or ["stop"] * len(sample.turns)
+    category = _letter(final.correct)
+    initial_correct = None
+    if phase == 1:
+        first_cut = finishes[0] == "length" and not explicit_answer(sample.turns[0]).passed
+        initial_correct = None if first_cut else grades[0].correct
+        category = ("?" if first_cut else _letter(grades[0].correct)) + category
+    checks = "\n".join(sample.turns[1:])  # the review and the rewrite: where checking shows
+    echo = f"{prompts.review}\n{prompts.rewrite}"
+    results = apply_rules(
+        final_text, sample.tokens[-1], finishes[-1], settings, phase, checks, echo
+    )
     failed = [r.rule for r in results if not r.passed]
     return Verdict(
         sample_id=sample.sample_id,
@@ -51,8 +62,11 @@ def verify_dialogue(msg: Dialogue, grader: Grader, settings: VerifierSettings) -
     graded = [[s.turns[0], s.turns[-1]] if msg.phase == 1 else [s.turns[-1]] for s in msg.samples]
     grades = grader.grade_many([(text, msg.gold) for texts in graded for text in texts])
     per_sample = len(graded[0]) if graded else 0
+    prompts = load_prompts(msg.prompt_version)
     verdicts = [
-        _verdict(sample, msg.phase, grades[i * per_sample : (i + 1) * per_sample], settings)
+        _verdict(
+            sample, msg.phase, grades[i * per_sample : (i + 1) * per_sample], settings, prompts
+        )
         for i, sample in enumerate(msg.samples)
     ]
     return VerifiedSamples(

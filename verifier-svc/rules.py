@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from shared.core.settings import VerifierSettings
-from shared.method.grading import last_boxed
+from shared.datasets.rows import last_boxed
 
 RULE_RESULTS = Counter(
     "dualphase_rule_results_total", "Rule filter outcomes per rule.", ["rule", "result"]
@@ -114,9 +114,28 @@ def no_language_mixing(text: str, max_foreign_share: float) -> RuleResult:
     return RuleResult("no_language_mixing", True)
 
 
-def has_checking_steps(text: str, min_steps: int) -> RuleResult:
-    """The long CoT really reviews itself: verification, correction or backward checks."""
-    found = len(_CHECKING.findall(text))
+def own_words(text: str, prompt: str, n: int = 4) -> str:
+    """The words of ``text`` outside every run of ``n`` or more words copied from ``prompt``:
+    what the model wrote, not what it echoed of the instructions it was given."""
+    words = _WORD.findall(text)
+    keys = [_key(w) for w in words]
+    prompt_keys = [_key(w) for w in _WORD.findall(prompt)]
+    copied = {tuple(prompt_keys[i : i + n]) for i in range(len(prompt_keys) - n + 1)}
+    echoed = [False] * len(words)
+    for i in range(len(words) - n + 1):
+        if tuple(keys[i : i + n]) in copied:
+            echoed[i : i + n] = [True] * n
+    return " ".join(w for w, e in zip(words, echoed, strict=True) if not e)
+
+
+def _key(word: str) -> str:
+    return re.sub(r"[^\w]", "", word.lower())
+
+
+def has_checking_steps(text: str, min_steps: int, prompt: str = "") -> RuleResult:
+    """The dialogue really reviews itself: verification, correction or backward checks, counted
+    in what the model wrote, not in what it copied of the review prompt (``prompt``)."""
+    found = len(_CHECKING.findall(own_words(text, prompt)))
     if found < min_steps:
         return RuleResult(
             "has_checking_steps", False, f"{found} checking/correction phrases < {min_steps}"
@@ -138,9 +157,16 @@ PHASE2_RULES = PHASE1_RULES[:-1]
 
 
 def apply_rules(
-    text: str, n_tokens: int, finish_reason: str, settings: VerifierSettings, phase: int
+    text: str,
+    n_tokens: int,
+    finish_reason: str,
+    settings: VerifierSettings,
+    phase: int,
+    checks: str = "",
+    prompt: str = "",
 ) -> list[RuleResult]:
-    """Run the rules of ``phase`` on one solution and count each outcome."""
+    """Run the rules of ``phase`` on one solution and count each outcome. Phase 1 also looks for
+    checking steps in ``checks`` (the review and the rewrite), minus what echoes ``prompt``."""
     results = [
         not_truncated(finish_reason),
         explicit_answer(text),
@@ -150,7 +176,7 @@ def apply_rules(
         no_language_mixing(text, settings.max_foreign_share),
     ]
     if phase == 1:
-        results.append(has_checking_steps(text, settings.min_checking_steps))
+        results.append(has_checking_steps(checks, settings.min_checking_steps, prompt))
     results = [r for r in results if r.rule not in settings.disabled_rules]
     for result in results:
         RULE_RESULTS.labels(result.rule, "pass" if result.passed else "fail").inc()

@@ -18,8 +18,7 @@ log = logging.getLogger(__name__)
 EVAL_TURNS = {"base": 1, "think-twice": 2, "self-rewarding": 3}
 
 
-def _where(settings: Settings, context: int) -> str:
-    reserve = settings.inference.prompt_tokens
+def _where(reserve: int, context: int) -> str:
     return f"the model's context ({context} tokens, inference.prompt_tokens {reserve} reserved)"
 
 
@@ -30,7 +29,7 @@ def generator_errors(settings: Settings, context: int) -> list[str]:
         return []
     return [
         f"generator.max_new_tokens {g.max_new_tokens}: a dialogue's third turn holds 3 x "
-        f"{g.max_new_tokens} + {reserve} = {need} tokens, over {_where(settings, context)}"
+        f"{g.max_new_tokens} + {reserve} = {need} tokens, over {_where(reserve, context)}"
     ]
 
 
@@ -44,21 +43,22 @@ def eval_errors(settings: Settings, context: int) -> list[str]:
             errors.append(
                 f"eval.max_new_tokens {e.max_new_tokens}: mode {mode!r} holds "
                 f"{EVAL_TURNS[mode]} x {e.max_new_tokens} + {reserve} = {need} tokens, "
-                f"over {_where(settings, context)}"
+                f"over {_where(reserve, context)}"
             )
     return errors
 
 
 def training_warnings(settings: Settings) -> list[str]:
-    """Training rows longer than ``trainer.max_length`` would be cut: their end, where the
+    """Training rows longer than ``trainer.sft.max_length`` would be cut: their end, where the
     answer is, would never be trained on. A warning, not an error: rows are usually shorter
     than their budgets, and TRL cuts the few that are not."""
-    g, t = settings.generator, settings.trainer
-    need = g.max_new_tokens + settings.inference.prompt_tokens
-    if need <= t.max_length:
+    g, max_length = settings.generator, settings.trainer.sft_fields()["max_length"]
+    turns = 3 if settings.sampler.phase1_row == "chain" else 1  # a chain holds the whole dialogue
+    need = turns * g.max_new_tokens + settings.inference.prompt_tokens
+    if need <= max_length:
         return []
     return [
-        f"trainer.max_length {t.max_length}: a training row may hold a turn of up to "
+        f"trainer.sft.max_length {max_length}: a training row may hold {turns} turn(s) of up to "
         f"generator.max_new_tokens {g.max_new_tokens} + inference.prompt_tokens "
         f"{settings.inference.prompt_tokens} = {need} tokens"
     ]

@@ -15,14 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 PROBLEMS = "problems"
 DIALOGUES = "dialogues"
 VERIFIED_SAMPLES = "verified-samples"
-REJECTION_SAMPLED = "rejection-sampled"
 TRAINING_SHARDS = "training-shards"
 CHECKPOINTS = "checkpoints"
 ALL_TOPICS = [
     PROBLEMS,
     DIALOGUES,
     VERIFIED_SAMPLES,
-    REJECTION_SAMPLED,
     TRAINING_SHARDS,
     CHECKPOINTS,
 ]
@@ -63,8 +61,12 @@ class SamplingParams(BaseModel):
 
 
 class ProblemJob(Message):
-    """On ``problems``: a phase-1 dialogue job or a phase-2 sampling job for one problem."""
+    """On ``problems``: a phase-1 dialogue job or a phase-2 sampling job for one problem. A job
+    names what the run decides (which problem and model, how many samples, their seed); the
+    generator samples with its own settings (``generator``: temperature, token budget ...).
+    Version 2: version 1 carried the sampling parameters."""
 
+    version: Literal[2] = 2  # type: ignore[assignment]
     kind: Literal["dialogue", "sample"] = Field(description="dialogue: phase 1; sample: phase 2.")
     problem_id: str
     job_id: str = Field(description="Unique per (run, problem, round): the idempotency key.")
@@ -74,7 +76,8 @@ class ProblemJob(Message):
     dataset: str = Field("", description="Source dataset, for answer normalisation.")
     round: int = Field(0, ge=0, description="Phase-2 round index into the schedule.")
     model: str = Field("", description="Model to sample with; empty means the configured one.")
-    params: SamplingParams = Field(default_factory=SamplingParams)
+    n: int = Field(1, ge=1, description="Independent samples (a dialogue is one sample).")
+    seed: int = Field(0, description="Seed of sample 0; sample i uses seed + i.")
 
 
 class Generation(BaseModel):
@@ -108,16 +111,24 @@ class Dialogue(Message):
     samples: list[Generation]
 
 
+# A phase-1 dialogue's category: its first answer, then its final one, right or wrong; ? where the
+# first turn was cut at its token budget before it stated an answer.
+PHASE1_CATEGORIES = Literal["RR", "RW", "WR", "WW", "?R", "?W"]
+
+
 class Verdict(BaseModel):
     """The grade of one sample."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sample_id: str
-    initial_correct: bool | None = Field(None, description="Turn-1 answer right (phase 1 only).")
+    initial_correct: bool | None = Field(
+        None, description="Turn-1 answer right (phase 1 only; None where turn 1 stated none)."
+    )
     final_correct: bool
-    category: Literal["RR", "RW", "WR", "WW", "R", "W"] = Field(
-        description="Phase 1: turn-1 then final (RR/RW/WR/WW); phase 2: R or W."
+    category: Literal[PHASE1_CATEGORIES, "R", "W"] = Field(
+        description="Phase 1: turn-1 then final (RR/RW/WR/WW; ?R/?W: turn 1 was cut before it "
+        "stated an answer); phase 2: R or W."
     )
     accepted: bool = Field(description="Final answer right and every rule passed.")
     failed_rules: list[str] = Field(default_factory=list, description="Names of failed rules.")
@@ -132,16 +143,6 @@ class VerifiedSamples(Message):
     phase: Literal[1, 2]
     round: int = 0
     verdicts: list[Verdict]
-
-
-class RejectionSampled(Message):
-    """On ``rejection-sampled``: a phase-2 problem reached a final state."""
-
-    problem_id: str
-    state: Literal["solved", "exhausted"]
-    attempts: int
-    corrects: int
-    kept_sample_ids: list[str]
 
 
 class ShardFile(BaseModel):
@@ -165,6 +166,13 @@ class ShardManifest(Message):
 # checkpoint_id of a run's base model (M0): announced when the run is submitted, so that it is
 # evaluated while phase 1 generates; every later checkpoint's message names it again.
 BASE_CHECKPOINT_ID = "base"
+# checkpoint_id of a baseline model (``eval.baseline_models``): evaluated once per run, like M0.
+BASELINE_PREFIX = "baseline:"
+
+
+def baseline_checkpoint_id(name: str) -> str:
+    """The checkpoint id under which the baseline model ``name`` is evaluated."""
+    return f"{BASELINE_PREFIX}{name}"
 
 
 class CheckpointReady(Message):
@@ -195,7 +203,8 @@ class DeadLetter(BaseModel):
 # The services' consumers, the reconciler's idleness checks and the CLI's service list read it.
 # One group per (service, topic): on Tansu a group that was subscribed to another topic before
 # never gets partitions.
-SERVICES = ["generator", "verifier", "sampler", "trainer", "eval"]  # pipeline order
+# Pipeline order, then the control plane (it consumes nothing: it re-sends lost work).
+SERVICES = ["generator", "verifier", "sampler", "trainer", "eval", "control"]
 
 
 @dataclass(frozen=True)
@@ -214,13 +223,11 @@ SUBSCRIPTIONS = [
     Subscription("trainer", TRAINING_SHARDS, "trainer", ShardManifest),
     Subscription("eval", CHECKPOINTS, "eval-checkpoints", CheckpointReady),
 ]
-# The topic each message type is published on (`rejection-sampled` has no consumer yet: it is the
-# record of each problem's final phase-2 state, for operators and future consumers).
+# The topic each message type is published on.
 TOPIC_OF: dict[type[Message], str] = {
     ProblemJob: PROBLEMS,
     Dialogue: DIALOGUES,
     VerifiedSamples: VERIFIED_SAMPLES,
-    RejectionSampled: REJECTION_SAMPLED,
     ShardManifest: TRAINING_SHARDS,
     CheckpointReady: CHECKPOINTS,
 }

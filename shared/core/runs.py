@@ -1,16 +1,16 @@
-"""Runs: submit one (problems into the database, phase-1 jobs onto the bus), and reconcile it.
+"""Runs: submit one (problems into the database, phase-1 jobs onto the bus), build its jobs, and
+read its state back: what it still owes, its progress, whether it is complete.
 
-The database is the record of what a run should contain. The reconciler compares it with what
-was produced and re-publishes the work that was published but never finished (a broker that lost
-it, a crash between a write and a publish), so nothing is lost; the consumers' idempotent writes
-make a second copy harmless.
+The database is the record of what a run should contain. The control plane (``control_svc``)
+compares it with what was produced and re-publishes the work that was published but never
+finished, with the functions here; the consumers' idempotent writes make a second copy harmless.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,14 +30,16 @@ from shared.core.db import (
 )
 from shared.core.messages import (
     BASE_CHECKPOINT_ID,
+    BASELINE_PREFIX,
     CHECKPOINTS,
-    DIALOGUES,
     PROBLEMS,
     CheckpointReady,
     Dialogue,
     Generation,
     ProblemJob,
     SamplingParams,
+    Verdict,
+    VerifiedSamples,
 )
 from shared.core.settings import Settings
 
@@ -54,54 +56,37 @@ class ProblemSpec:
     solution: str = ""  # a reference solution, for the oracle arm
 
 
-def phase1_job(run_id: str, problem: Problem, settings: Settings, seed: int) -> ProblemJob:
-    gen = settings.generator
-    return ProblemJob(
-        run_id=run_id,
-        kind="dialogue",
-        problem_id=problem.problem_id,
-        job_id=f"{run_id}:{problem.problem_id}:p1",
-        phase=1,
-        question=problem.question,
-        gold=problem.gold,
-        dataset=problem.dataset,
-        model=gen.teacher_model,
-        params=SamplingParams(
-            n=1,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            max_new_tokens=gen.max_new_tokens,
-            seed=seed,
-        ),
-    )
+def job_id(run_id: str, problem_id: str, phase: int, round_: int = 0) -> str:
+    """The idempotency key of a problem's job: its phase-1 dialogue, or its phase-2 round."""
+    return f"{run_id}:{problem_id}:" + ("p1" if phase == 1 else f"r{round_}")
 
 
-def phase2_job(
-    run_id: str, problem: Problem, round_: int, model: str, settings: Settings, seed: int
+def problem_job(
+    run_id: str,
+    run_seed: int,
+    problem: Problem,
+    schedule: Sequence[int] = (),
+    round_: int = 0,
+    model: str = "",
 ) -> ProblemJob:
-    """The sampling job of ``problem``'s round ``round_`` with ``model`` (the M1 checkpoint).
-    Every problem of a round shares the seed, so the generator batches them; rounds never share
-    seeds (round r starts past all earlier rounds' samples)."""
-    schedule, gen = settings.sampler.schedule, settings.generator
+    """The one job builder. Phase 1: one dialogue, seeded with the run seed, with the configured
+    model. Phase 2: ``schedule[round_]`` samples with ``model`` (the run's M1). Every problem of a
+    round shares the seed, so the generator batches them; rounds never share seeds (round r
+    starts past all earlier rounds' samples)."""
+    phase2 = problem.phase == 2
     return ProblemJob(
         run_id=run_id,
-        kind="sample",
+        kind="sample" if phase2 else "dialogue",
         problem_id=problem.problem_id,
-        job_id=f"{run_id}:{problem.problem_id}:r{round_}",
-        phase=2,
+        job_id=job_id(run_id, problem.problem_id, problem.phase, round_),
+        phase=problem.phase,
         question=problem.question,
         gold=problem.gold,
         dataset=problem.dataset,
         round=round_,
         model=model,
-        params=SamplingParams(
-            n=schedule[round_],
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            max_new_tokens=gen.max_new_tokens,
-            seed=seed + sum(schedule[:round_]),
-            stop_after_answer=gen.stop_after_answer,
-        ),
+        n=schedule[round_] if phase2 else 1,
+        seed=run_seed + (sum(schedule[:round_]) if phase2 else 0),
     )
 
 
@@ -135,7 +120,9 @@ def submit_run(
         session.add(Run(id=run_id, config=settings.model_dump(mode="json"), seed=seed))
         session.flush()
         insert_ignore(session, Problem, rows)
-    republish_unfinished(settings, sessions, publisher, run_id)
+    jobs, _ = unfinished_phase1(sessions, run_id)
+    for job in jobs:
+        publisher.publish(PROBLEMS, job)
     # M0 depends on nothing: evaluated now, it shares the machine with phase 1's few dialogues
     # rather than with phase 2's sampling. Should this message be lost, M1's names M0 again.
     base = CheckpointReady(
@@ -145,25 +132,12 @@ def submit_run(
     return run_id
 
 
-def republish_unfinished(
-    settings: Settings, sessions: sessionmaker[Session], publisher: Publisher, run_id: str
-) -> dict[str, int]:
-    """Phase 1: publish the job of every problem without a generation, and the dialogue of every
-    generation without a verdict. Returns how many of each were published."""
-    jobs, dialogues = unfinished_phase1(settings, sessions, run_id)
-    for job in jobs:
-        publisher.publish(PROBLEMS, job)
-    for dialogue in dialogues:
-        publisher.publish(DIALOGUES, dialogue)
-    return {"jobs": len(jobs), "dialogues": len(dialogues)}
-
-
 def unfinished_phase1(
-    settings: Settings, sessions: sessionmaker[Session], run_id: str
+    sessions: sessionmaker[Session], run_id: str
 ) -> tuple[list[ProblemJob], list[Dialogue]]:
     """Phase 1: the jobs of problems without a generation, the dialogues without a verdict."""
     with sessions() as session:
-        run = session.get(Run, run_id)
+        run = session.get_one(Run, run_id)
         problems = session.scalars(
             select(Problem).where(Problem.run_id == run_id, Problem.phase == 1)
         ).all()
@@ -181,10 +155,47 @@ def unfinished_phase1(
                 )
             )
         )
-    jobs = [phase1_job(run_id, p, settings, run.seed) for p in problems]
+    jobs = [problem_job(run_id, run.seed, p) for p in problems]
     missing = [job for job in jobs if job.problem_id not in generated]
     unverified = [job for job in jobs if job.problem_id in generated - verdicts]
     return missing, list(stored_dialogues(sessions, unverified).values())
+
+
+def sampling_checkpoint(session: Session, run_id: str) -> CheckpointRow | None:
+    """The run's M1: the model phase 2 samples with (None until it is ready)."""
+    return session.scalars(
+        select(CheckpointRow)
+        .where(
+            CheckpointRow.run_id == run_id,
+            CheckpointRow.stage == "M1",
+            CheckpointRow.status == "ready",
+        )
+        .order_by(CheckpointRow.created_at)
+    ).first()
+
+
+def round_job(session: Session, count: AttemptCount, schedule: list[int]) -> ProblemJob:
+    """The job of a phase-2 problem's current round, with the run's M1."""
+    problem = session.scalars(
+        select(Problem).where(
+            Problem.run_id == count.run_id, Problem.problem_id == count.problem_id
+        )
+    ).one()
+    run = session.get_one(Run, count.run_id)
+    checkpoint = sampling_checkpoint(session, count.run_id)
+    assert checkpoint is not None  # attempt_counts rows are made when M1 is ready
+    return problem_job(run.id, run.seed, problem, schedule, count.round, checkpoint.path)
+
+
+def pending_jobs(session: Session, run_id: str, schedule: list[int]) -> list[ProblemJob]:
+    """The current round's job of every pending phase-2 problem (a re-publish is harmless: job
+    ids)."""
+    counts = session.scalars(
+        select(AttemptCount)
+        .where(AttemptCount.run_id == run_id, AttemptCount.state == "pending")
+        .order_by(AttemptCount.problem_id)
+    ).all()
+    return [round_job(session, c, schedule) for c in counts]
 
 
 def cancel_run(sessions: sessionmaker[Session], run_id: str) -> str:
@@ -227,6 +238,35 @@ def stored_dialogues(
     return {job_id: _dialogue(by_id[job_id], rs) for job_id, rs in grouped.items()}
 
 
+def stored_verdicts(session: Session, run_id: str, problem_id: str) -> VerifiedSamples:
+    """The verifier's phase-1 message of a problem, rebuilt from its verdict rows."""
+    rows = session.scalars(
+        select(VerdictRow)
+        .where(
+            VerdictRow.run_id == run_id, VerdictRow.problem_id == problem_id, VerdictRow.phase == 1
+        )
+        .order_by(VerdictRow.sample_id)
+    ).all()
+    return VerifiedSamples(
+        run_id=run_id,
+        problem_id=problem_id,
+        job_id=job_id(run_id, problem_id, 1),
+        phase=1,
+        verdicts=[
+            Verdict(
+                sample_id=r.sample_id,
+                initial_correct=r.initial_correct,
+                final_correct=r.final_correct,
+                category=r.category,  # type: ignore[arg-type]
+                accepted=r.accepted,
+                failed_rules=r.failed_rules,
+                extracted=r.extracted,
+            )
+            for r in rows
+        ],
+    )
+
+
 def _dialogue(job: ProblemJob, rows: list[GenerationRow]) -> Dialogue:
     first = rows[0]
     return Dialogue(
@@ -239,7 +279,7 @@ def _dialogue(job: ProblemJob, rows: list[GenerationRow]) -> Dialogue:
         dataset=job.dataset,
         model=first.model,
         prompt_version=first.prompt_version,
-        params=job.params,
+        params=SamplingParams.model_validate(first.params),
         samples=[
             Generation(
                 sample_id=r.sample_id,
@@ -257,8 +297,10 @@ def run_progress(sessions: sessionmaker[Session], run_id: str) -> dict[str, tupl
     """(done, total) per stage of a run, read from the database. The stages are the run's own:
     its config snapshot says whether it has one phase or two, and an oracle arm or not."""
     with sessions() as s:
-        sampler = s.get_one(Run, run_id).config.get("sampler", {})
+        config = s.get_one(Run, run_id).config
+        sampler = config.get("sampler", {})
         phases, oracle = sampler.get("phases", 2), sampler.get("oracle", False)
+        baselines = len(config.get("eval", {}).get("baseline_models", []))
 
         def count(stmt: Select) -> int:
             return s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
@@ -292,9 +334,13 @@ def run_progress(sessions: sessionmaker[Session], run_id: str) -> dict[str, tupl
             )
             for stage in ("M1", "M2", "oracle")
         }
-        evaluated = count(
-            select(EvalResult.checkpoint_id).distinct().where(EvalResult.run_id == run_id)
+        evaluated_ids = set(
+            s.scalars(
+                select(EvalResult.checkpoint_id).distinct().where(EvalResult.run_id == run_id)
+            )
         )
+    baselines_done = sum(c.startswith(BASELINE_PREFIX) for c in evaluated_ids)
+    evaluated = len(evaluated_ids) - baselines_done
     stages = {
         "phase 1: dialogues generated": (generated, problems[1]),
         "phase 1: dialogues verified": (verified, problems[1]),
@@ -306,10 +352,15 @@ def run_progress(sessions: sessionmaker[Session], run_id: str) -> dict[str, tupl
     if phases == 1:  # the one-phase ablation ends with M1
         del stages["phase 2: problems solved or exhausted"], stages["M2 trained"]
         stages["models evaluated (M0, M1, M2)"] = (evaluated, 2)
-    if oracle:  # one more model to train and to evaluate
+    if oracle:  # one more model to train and to evaluate, named by its source
+        arm = (
+            "distilled arm" if sampler.get("arm_solutions") else "oracle arm (reference solutions)"
+        )
         done, total = stages.pop("models evaluated (M0, M1, M2)")
-        stages["oracle arm trained"] = (ckpts["oracle"], 1)
-        stages["models evaluated (M0, M1, M2, oracle)"] = (done, total + 1)
+        stages[f"{arm} trained"] = (ckpts["oracle"], 1)
+        stages[f"models evaluated (M0, M1, M2, {arm.split(' (')[0]})"] = (done, total + 1)
+    if baselines:  # eval.baseline_models, each evaluated once
+        stages["baseline models evaluated"] = (baselines_done, baselines)
     return stages
 
 

@@ -3,7 +3,7 @@
 Every service is the same shape: ``main()`` builds its handler and calls ``run_service``; the
 consumer runs in the main thread (so SIGTERM finishes the message in hand), the HTTP app in a
 daemon thread. The status endpoints are GET only: ``/healthz``, ``/readyz``, ``/status``,
-``/metrics``; the sampler also mounts the token-protected admin endpoints (``sampler_svc.admin``).
+``/metrics``; control-svc also mounts the token-protected admin endpoints (``control_svc.admin``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from shared.core.bus import Consumer, Publisher, ensure_topics
+from shared.core.bus import Publisher, ensure_topics
+from shared.core.consumer import Consumer
 from shared.core.db import make_engine, make_sessionmaker
 from shared.core.messages import ALL_TOPICS
-from shared.core.settings import Settings
+from shared.core.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +85,24 @@ def serve_http(app: FastAPI, host: str, port: int) -> uvicorn.Server:
     return server
 
 
-def setup(settings: Settings) -> tuple[Engine, Any, Publisher]:
+def setup(common: CommonSettings) -> tuple[Engine, Any, Publisher]:
     """What every service needs first: logging, the topics, a database engine, a publisher.
 
     The schema is not migrated here (replicas would race): `dualphase db upgrade`, the compose
     migration service, or the embedded stack does it once before services start.
     """
     logging.basicConfig(
-        level=settings.common.log_level,
+        level=common.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    engine = make_engine(settings.common.resolved_database_url())
-    ensure_topics(settings.common, ALL_TOPICS)
-    return engine, make_sessionmaker(engine), Publisher(settings.common)
+    engine = make_engine(common.resolved_database_url())
+    ensure_topics(common, ALL_TOPICS)
+    return engine, make_sessionmaker(engine), Publisher(common)
 
 
 def run_service(
     name: str,
-    settings: Settings,
+    common: CommonSettings,
     port: int,
     engine: Engine,
     publisher: Publisher,
@@ -117,13 +118,13 @@ def run_service(
     """
     server = serve_http(
         make_app(name, engine, publisher, consumers, status, routers, ready_checks),
-        settings.common.http_host,
+        common.http_host,
         port,
     )
     threads = [threading.Thread(target=c.run, name=c.topic) for c in consumers[1:]]
     for thread in threads:
         thread.start()
-    log.info("%s: status on http://%s:%d, consuming", name, settings.common.http_host, port)
+    log.info("%s: status on http://%s:%d, consuming", name, common.http_host, port)
     try:
         consumers[0].run()
     finally:

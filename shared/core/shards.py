@@ -26,16 +26,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.core.db import ShardRow, insert_ignore
+from shared.core.db import CheckpointRow, ShardRow, insert_ignore
 from shared.core.messages import ShardFile, ShardManifest
+from shared.core.runs import sampling_checkpoint
 
 Stage = Literal["phase1", "phase2", "joint", "oracle"]
 
@@ -121,20 +122,34 @@ def registered(session: Session, run_id: str, stage: Stage) -> list[ShardFile]:
     return [ShardFile(path=r.path, rows=r.rows, sha256=r.sha256) for r in rows]
 
 
-def manifest(
-    run_id: str,
-    stage: Stage,
-    files: list[ShardFile],
-    base_model: str,
-    parent_checkpoint_id: str = "",
-) -> ShardManifest:
+def manifest(session: Session, run_id: str, stage: Stage, base_model: str) -> ShardManifest:
+    """The announcement of a registered shard. Training starts from ``base_model`` (M0), except
+    for a sequential phase-2 shard, which continues from the run's M1."""
+    files = registered(session, run_id, stage)
+    start, parent = base_model, ""
+    if stage == "phase2":
+        m1 = sampling_checkpoint(session, run_id)
+        assert m1 is not None  # a phase-2 shard is sealed after M1's samples
+        start, parent = m1.path, m1.id
     return ShardManifest(
         run_id=run_id,
         shard_id=shard_id(run_id, stage),
         stage=stage,
-        base_model=base_model,
-        parent_checkpoint_id=parent_checkpoint_id,
+        base_model=start,
+        parent_checkpoint_id=parent,
         files=files,
+    )
+
+
+def trained(session: Session, shard: str) -> bool:
+    """Whether a checkpoint was trained on the shard (ready) or failed on it (an operator's case,
+    not a retry's). A row left at ``training`` by a trainer that crashed does not count."""
+    return bool(
+        session.scalar(
+            select(func.count()).where(
+                CheckpointRow.shard_id == shard, CheckpointRow.status.in_(["ready", "failed"])
+            )
+        )
     )
 
 
@@ -151,10 +166,10 @@ def verify(file: ShardFile) -> None:
         raise ValueError(f"shard file {path}: {rows} rows != manifest {file.rows}")
 
 
-def read_rows(files: list[ShardFile]) -> Iterator[dict[str, Any]]:
-    """Every row of a shard's files, in order."""
-    for file in files:
-        with open(file.path, encoding="utf-8") as lines:
+def read_rows(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Every row of a shard's files (their paths), in order."""
+    for path in paths:
+        with open(path, encoding="utf-8") as lines:
             for line in lines:
                 if line.strip():
                     yield json.loads(line)

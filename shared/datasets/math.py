@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.datasets.jsonl import DatasetFormatError
-from shared.datasets.rows import BenchmarkProblem, field
-from shared.method.grading import last_boxed
+from shared.datasets.rows import BenchmarkProblem, field, last_boxed
 
 
 def parse(row: dict[str, Any], index: int) -> BenchmarkProblem:
@@ -15,5 +14,9 @@ def parse(row: dict[str, Any], index: int) -> BenchmarkProblem:
     if not gold:
         raise DatasetFormatError("field 'solution' has no \\boxed{} answer")
     return BenchmarkProblem(
-        id=f"math-{row.get('idx', index)}", question=problem, gold=gold, dataset="math"
+        id=f"math-{row.get('idx', index)}",
+        question=problem,
+        gold=gold,
+        dataset="math",
+        solution=solution,
     )

@@ -1,4 +1,5 @@
-"""Problems for a run: the synthetic demo set, or a JSONL file in a format of ../shared/datasets.
+"""Problems for a run: drawn from the configured pool (``run.pool``: the synthetic demo set, or a
+training pool of ``sources``) with the run seed, or read from a user's JSONL problem file.
 
 A problem file is read all or nothing: the first bad line (not UTF-8, not JSON, no question, no
 gold answer, a duplicate) raises ``DatasetFormatError`` naming the file, the line and the field,
@@ -9,13 +10,16 @@ fields only that format has) is read by that format's module; any other row need
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.core.runs import ProblemSpec
-from shared.datasets import detect, parse_row
+from shared.core.settings import Settings
+from shared.datasets import POOLS, detect, load_pool, parse_row
 from shared.datasets.jsonl import DatasetFormatError, read_jsonl
-from shared.datasets.rows import format_number
+from shared.datasets.rows import format_number, text_key
 from shared.datasets.synthetic import make_problems
 
 
@@ -28,6 +32,68 @@ def demo_problems(
             p.id, p.question, str(p.answer), "synthetic", f"synthetic:level{p.level}", p.solution
         )
         for p in make_problems(count, seed, levels)
+    ]
+
+
+@dataclass(frozen=True)
+class PoolDraw:
+    """What a run without a problem file draws, before anything is loaded (for a dry run)."""
+
+    pool: str  # run.pool
+    hub_id: str | None  # None for the synthetic pool, made here
+    config: str | None
+    split: str | None
+    revision: str | None
+    phase1: int
+    phase2: int
+    seed: int
+
+
+def pool_draw(
+    settings: Settings,
+    phase1: int | None = None,
+    phase2: int | None = None,
+    seed: int | None = None,
+) -> PoolDraw:
+    """The pool, its dataset id and revision, and the counts a run draws (the settings' run
+    section, or the given counts and seed); nothing is loaded."""
+    run = settings.run
+    source = POOLS.get(run.pool)
+    return PoolDraw(
+        run.pool,
+        source.hub_id if source else None,
+        source.config if source else None,
+        source.split if source else None,
+        source.revision if source else None,
+        run.phase1_problems if phase1 is None else phase1,
+        run.phase2_problems if phase2 is None else phase2,
+        run.seed if seed is None else seed,
+    )
+
+
+def draw_problems(
+    settings: Settings,
+    phase1: int | None = None,
+    phase2: int | None = None,
+    seed: int | None = None,
+) -> list[ProblemSpec]:
+    """The run's problems, phase 1's first: ``phase1 + phase2`` of the pool (``run.pool``),
+    chosen with the run seed (the same seed, the same problems), each with its reference solution
+    where the pool has one. A pool smaller than that is a ValueError naming it."""
+    draw = pool_draw(settings, phase1, phase2, seed)
+    count = draw.phase1 + draw.phase2
+    if draw.hub_id is None:
+        return demo_problems(count, draw.seed, tuple(settings.eval.synthetic_levels))
+    pool = load_pool(draw.pool, settings.data)
+    if count > len(pool):
+        raise ValueError(
+            f"run.pool {draw.pool} ({draw.hub_id}) has {len(pool)} problems; the run asks for "
+            f"{draw.phase1} + {draw.phase2}"
+        )
+    source = f"{draw.hub_id}@{draw.revision[:7]}"
+    return [
+        ProblemSpec(p.id, p.question, p.gold, draw.pool, source, p.solution)
+        for p in random.Random(draw.seed).sample(pool, count)
     ]
 
 
@@ -70,7 +136,7 @@ def parse_problems(raw: bytes, path: str) -> list[ProblemSpec]:
         if pid in seen:
             raise DatasetFormatError(f"{where}: field 'id': duplicate {pid!r} (line {seen[pid]})")
         seen[pid] = lineno
-        key = " ".join(question.split()).lower()
+        key = text_key(question)
         if key in seen:
             raise DatasetFormatError(
                 f"{where}: field 'question': same question as line {seen[key]}"

@@ -18,6 +18,7 @@ class BenchmarkProblem(BaseModel):
     question: str
     gold: str
     dataset: str
+    solution: str = ""  # a reference solution, where the dataset has one (the pools)
 
 
 def field(row: dict[str, Any], name: str) -> Any:
@@ -39,3 +40,31 @@ def strip_dollars(answer: str) -> str:
     """Gaokao answers come as "$\\frac{1}{2}$"; the grader wants the LaTeX inside."""
     answer = answer.strip()
     return answer[1:-1].strip() if len(answer) > 1 and answer[0] == answer[-1] == "$" else answer
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (nested braces matched); None if there is none.
+
+    Like the harness, ``\\boxed 5`` (no brace) gives the text up to the next ``$``.
+    """
+    start = text.rfind("boxed")
+    if start < 0:
+        return None
+    rest = text[start + len("boxed") :]
+    if not rest.startswith("{"):
+        return rest.split("$")[0].strip()
+    depth = 0
+    for i, ch in enumerate(rest):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return rest[1:i]
+    return rest[1:]  # unbalanced: the harness keeps everything after the opening brace
+
+
+def text_key(text: str) -> str:
+    """The key under which two texts are the same one: case and spacing do not count (a
+    duplicate question of a pool, a repeated solution)."""
+    return " ".join(text.lower().split())

@@ -4,24 +4,27 @@
 sampling parameters and returns, per conversation, ``params.n`` completions plus the identity of
 the model that wrote them. Sample ``i`` of every conversation is seeded with ``params.seed + i``.
 
-- ``transformers`` (here): in-process, CPU or GPU, continuous batching
-  (``shared/inference/decode.py``) or static batches with left padding (``generate``).
-- ``vllm`` (``shared/inference/vllm.py``): in-process vLLM engine, imported only when chosen.
-- ``openai`` (``shared/inference/openai.py``): any OpenAI-compatible chat endpoint.
+Each backend has its own module, imported only when chosen (a service that never generates does
+not import torch):
+
+- ``transformers`` (``transformers.py``): in-process, CPU or GPU, continuous batching
+  (``decode.py``) or static batches with left padding.
+- ``vllm`` (``vllm.py``): in-process vLLM engine.
+- ``openai`` (``openai.py``): any OpenAI-compatible chat endpoint, or a server it starts.
 """
 
 from __future__ import annotations
 
-import re
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import Protocol
 
 from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
-from shared.inference.model import model_identity, resolve_model
-
-if TYPE_CHECKING:
-    import torch
+from shared.inference.model import resolve_model
 
 Conversation = list[dict[str, str]]
 
@@ -55,6 +58,8 @@ def load_backend(cfg: InferenceConfig, model: str | None = None) -> Backend:
     """The configured backend for ``model`` (default ``cfg.model``, e.g. a checkpoint path)."""
     name = resolve_model(model or cfg.model, cfg)
     if cfg.backend == "transformers":
+        from shared.inference.transformers import TransformersBackend
+
         return TransformersBackend(name, cfg)
     if cfg.backend == "vllm":
         from shared.inference.vllm import VLLMBackend
@@ -63,6 +68,18 @@ def load_backend(cfg: InferenceConfig, model: str | None = None) -> Backend:
     from shared.inference.openai import OpenAIBackend
 
     return OpenAIBackend(name, cfg)
+
+
+@contextmanager
+def start_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a file on a shared volume) for the duration of the block."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 class OneModel:
@@ -75,11 +92,14 @@ class OneModel:
         self.backend: Backend | None = None
 
     def __call__(self, model: str | None = None) -> Backend:
-        """The backend of ``model`` (default ``cfg.model``, e.g. a checkpoint path)."""
+        """The backend of ``model`` (default ``cfg.model``, e.g. a checkpoint path). Stopping
+        the old one and starting the new one happen under ``cfg.start_lock``: a co-tenant of the
+        same GPU is never starting its server while this one frees or takes memory."""
         model = model or self.cfg.model
         if self.backend is None or model != self.model:
-            self.close()
-            self.backend = load_backend(self.cfg, model)
+            with start_lock(self.cfg.start_lock):
+                self.close()
+                self.backend = load_backend(self.cfg, model)
             self.model = model
         return self.backend
 
@@ -87,205 +107,3 @@ class OneModel:
         if self.backend is not None:
             self.backend.close()
             self.backend = self.model = None
-
-
-def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """``text`` up to the first stop string (excluded, as OpenAI does), and whether one occurred."""
-    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)
-
-
-# A complete line (its newline written) that states a final answer.
-ANSWER_LINE = re.compile(r"(?i)(?:answer is|\\boxed\{)[^\n]*\n")
-
-
-def cut_after_answer(text: str) -> tuple[str, bool]:
-    """``text`` up to the end of its first complete line stating a final answer (newline
-    excluded), and whether it was cut there."""
-    match = ANSWER_LINE.search(text)
-    return (text[: match.end() - 1], True) if match else (text, False)
-
-
-def apply_stops(text: str, params: SamplingParams) -> tuple[str, bool]:
-    """``text`` cut at the stop strings and, if asked, after the answer line; whether it was."""
-    text, stopped = cut_at_stop(text, params.stop)
-    if params.stop_after_answer:
-        text, answered = cut_after_answer(text)
-        stopped = stopped or answered
-    return text, stopped
-
-
-def answer_line_ended(tokenizer: Any, ids: list[int]) -> bool:
-    """Whether the last token of the generated ``ids`` ends a line stating the final answer
-    (decoding the whole text only when that token holds a newline)."""
-    return (
-        "\n" in tokenizer.decode(ids[-1:]) and ANSWER_LINE.search(tokenizer.decode(ids)) is not None
-    )
-
-
-class AnswerLineStop:
-    """Stopping criterion of ``generate``: a row is done once a line stating its final answer
-    has ended, so the batch stops spending compute on rows whose answer is written."""
-
-    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
-        import torch
-
-        generated = input_ids[:, self.prompt_length :].tolist()
-        done = [answer_line_ended(self.tokenizer, ids) for ids in generated]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class SeededSampler:
-    """A logits processor that draws each row's next token with that row's own generator.
-
-    ``generate`` shares one random stream across a batch, so a sample would depend on which other
-    rows it was batched with. Here row r draws with a generator seeded ``seeds[r]``; the returned
-    logits leave only the drawn token finite, so ``generate``'s greedy step picks exactly it.
-    """
-
-    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: str) -> None:
-        import torch
-
-        self.generators = [torch.Generator(device).manual_seed(s) for s in seeds]
-        self.temperature = temperature
-        self.top_p = top_p
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        drawn = draw(scores, self.generators, self.temperature, self.top_p)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter(1, drawn[:, None], 0.0)
-
-
-def draw(
-    scores: torch.Tensor, generators: list[torch.Generator], temperature: float, top_p: float
-) -> torch.Tensor:
-    """One token per row of ``scores``, row r drawn with ``generators[r]``."""
-    import torch
-
-    probs = torch.softmax(scores.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
-        sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= top_p] = 0.0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.cat(
-        [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)]
-    )
-
-
-class TransformersBackend:
-    """In-process transformers: rows sorted by prompt length, decoded with continuous batching,
-    or (``batching: padded``) one ``generate`` call per batch."""
-
-    def __init__(self, model: str, cfg: InferenceConfig) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from shared.inference.hardware import resolve_dtype, set_threads
-
-        set_threads(cfg.threads)
-        self.dtype = resolve_dtype(cfg.dtype, cfg.device)
-        self.device = self.dtype.device
-        self.batch_size = cfg.batch_size
-        self.batching = cfg.batching
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.tokenizer.padding_side = "left"  # generation continues at the right end of each row
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype.torch_dtype)
-        self.model.to(self.device).eval()
-        eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
-        self.eos_ids.discard(None)
-        revision = getattr(self.model.config, "_commit_hash", None)
-        self.model_id = model_identity(model) + (f"@{revision}" if revision else "")
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def close(self) -> None:
-        import gc
-
-        import torch
-
-        del self.model  # the weights go with the last reference
-        gc.collect()
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-
-    def chat(self, conversations: list[Conversation], params: SamplingParams) -> list[ChatResult]:
-        prompts = [self._prompt_ids(c) for c in conversations]
-        # One row per (conversation, sample); similar lengths share a batch to waste less padding.
-        rows = sorted(
-            ((c, i) for c in range(len(conversations)) for i in range(params.n)),
-            key=lambda row: len(prompts[row[0]]),
-        )
-        row_prompts = [prompts[c] for c, _ in rows]
-        seeds = [params.seed + i for _, i in rows]
-        if self.batching == "continuous":
-            from shared.inference.decode import Ends, generate
-
-            ends = Ends(self.tokenizer, self.eos_ids, params)
-            pad = self.tokenizer.pad_token_id
-            ids = generate(self.model, row_prompts, seeds, params, self.batch_size, ends, pad)
-            outputs = [self._completion(row, params) for row in ids]
-        else:
-            outputs = []
-            for start in range(0, len(rows), self.batch_size):
-                batch = slice(start, start + self.batch_size)
-                outputs += self._generate(row_prompts[batch], seeds[batch], params)
-        done = dict(zip(rows, outputs, strict=True))
-        return [
-            ChatResult([done[c, i] for i in range(params.n)], self.model_id)
-            for c in range(len(conversations))
-        ]
-
-    def _prompt_ids(self, conversation: Conversation) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
-        )
-        # The chat template already wrote the special tokens.
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def _generate(
-        self, prompts: list[list[int]], seeds: list[int], params: SamplingParams
-    ) -> list[Completion]:
-        import torch
-
-        enc = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(self.device)
-        processors = []
-        if params.temperature > 0:  # temperature 0 is greedy
-            processors.append(SeededSampler(seeds, params.temperature, params.top_p, self.device))
-        criteria = []
-        if params.stop_after_answer:
-            criteria.append(AnswerLineStop(self.tokenizer, enc["input_ids"].shape[1]))
-        with torch.inference_mode():
-            out = self.model.generate(
-                **enc,
-                stopping_criteria=criteria,
-                do_sample=False,  # sampling happens in SeededSampler
-                max_new_tokens=params.max_new_tokens,
-                logits_processor=processors,
-                stop_strings=params.stop or None,
-                tokenizer=self.tokenizer,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=sorted(self.eos_ids),
-            )
-        new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
-        return [self._completion(ids, params) for ids in new_tokens]
-
-    def _completion(self, ids: list[int], params: SamplingParams) -> Completion:
-        # A finished row is filled with padding; it ends at its first end-of-sequence or pad token
-        # (the end-of-sequence token counts as generated, the padding does not).
-        ends = self.eos_ids | {self.tokenizer.pad_token_id}
-        end = next((k for k, t in enumerate(ids) if t in ends), None)
-        tokens = len(ids) if end is None else end + (ids[end] in self.eos_ids)
-        text = self.tokenizer.decode(ids[:tokens], skip_special_tokens=True)
-        text, stopped = apply_stops(text, params)
-        finish = "stop" if end is not None or stopped else "length"
-        return Completion(text=text, tokens=tokens, finish_reason=finish)

@@ -19,7 +19,23 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from shared.core.messages import SamplingParams
-from shared.inference import answer_line_ended, draw
+from shared.inference.hardware import rethink_threads
+from shared.inference.stops import answer_line_ended
+
+
+def draw(
+    scores: torch.Tensor, generators: list[torch.Generator], temperature: float, top_p: float
+) -> torch.Tensor:
+    """One token per row of ``scores``, row r drawn with ``generators[r]``."""
+    probs = torch.softmax(scores.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
+        sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.cat(
+        [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)]
+    )
 
 
 @dataclass
@@ -81,6 +97,7 @@ def generate(
     batch: Batch | None = None
     with torch.inference_mode():
         while waiting or batch:
+            rethink_threads()  # an "idle" job takes a core that another left since it started
             free = batch_size - (len(batch.rows) if batch else 0)
             if waiting and (batch is None or free >= refill_at):
                 entering = [waiting.popleft() for _ in range(min(free, len(waiting)))]
@@ -121,14 +138,23 @@ def _forward(
 
 
 def _prefill(model: Any, rows: list[Row], pad_id: int) -> Batch:
-    length = max(len(row.prompt) for row in rows)
-    pads = [length - len(row.prompt) for row in rows]
-    ids = torch.tensor([[pad_id] * p + row.prompt for p, row in zip(pads, rows, strict=True)])
+    # The n samples of one prompt enter side by side: each distinct prompt is prefilled once and
+    # its cache copied to its rows (a third of phase-2 sampling's time went to prefill).
+    distinct: dict[tuple[int, ...], int] = {}
+    owner = [distinct.setdefault(tuple(row.prompt), len(distinct)) for row in rows]
+    length = max(len(prompt) for prompt in distinct)
+    pads = [length - len(prompt) for prompt in distinct]
+    ids = torch.tensor([[pad_id] * p + list(q) for p, q in zip(pads, distinct, strict=True)])
     mask = torch.tensor([[0] * p + [1] * (length - p) for p in pads])
     ids, mask = ids.to(model.device), mask.to(model.device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # padding does not count
     cache = DynamicCache()
-    return Batch(rows, cache, mask, _forward(model, ids, mask, cache, positions))
+    logits = _forward(model, ids, mask, cache, positions)
+    if len(distinct) < len(rows):
+        index = torch.tensor(owner, device=model.device)
+        cache.batch_select_indices(index)
+        mask, logits = mask[index], logits[index]
+    return Batch(rows, cache, mask, logits)
 
 
 def _merge(a: Batch, b: Batch) -> Batch:

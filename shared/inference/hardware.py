@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import torch
 
-from shared.core.settings import InferenceConfig, Threads
+from shared.core.sections import InferenceConfig, Threads
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ def choose_cpu(cpu: CpuBf16) -> DtypeChoice:
 # (time, per-core CPU times, this process's CPU seconds) when idle_cores last ran here.
 Snapshot = tuple[float, list, float]
 _last: Snapshot | None = None
+_claim: Path | None = None  # this process's claim while an "idle" job runs
+_looked = 0.0  # when rethink_threads last looked
 
 
 def _snapshot() -> Snapshot:
@@ -208,6 +210,7 @@ def claim_threads(threads: Threads) -> Iterator[int]:
     if threads != "idle":
         yield set_threads(threads)
         return
+    global _claim, _looked
     claims = claims_dir()
     claims.mkdir(parents=True, exist_ok=True)
     claim = claims / f"{os.getpid()}.threads"
@@ -215,10 +218,36 @@ def claim_threads(threads: Threads) -> Iterator[int]:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held while measuring: the next job sees this claim
         count = set_threads("idle")
         claim.write_text(str(count))
+    _claim, _looked = claim, time.monotonic()
     try:
         yield count
     finally:
+        _claim = None
         claim.unlink(missing_ok=True)
+
+
+def rethink_threads(every_s: float = 15.0) -> None:
+    """Within an "idle" job (``claim_threads``), at most every ``every_s`` seconds: take the
+    threads that the others left idle since the last look, and update the claim. A job chooses
+    when it starts, so a phase-2 batch that started beside M0's evaluation, or while the
+    verifier graded the batch before, kept one thread for minutes after the second core went
+    idle; a job that another one joins gives its core back. Called from the thread that runs
+    the job (torch's thread count is set per calling thread)."""
+    global _last, _looked
+    if _claim is None or _last is None or time.monotonic() - _looked < every_s:
+        return
+    now = _snapshot()
+    cores = sorted(os.sched_getaffinity(0))
+    others = max(_others_busy(_last, now, cores), claimed_by_others())
+    _last, _looked = now, now[0]
+    count = max(1, round(len(cores) - others))
+    if count == torch.get_num_threads():
+        return
+    with open(_claim.parent / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _claim.write_text(str(count))
+    torch.set_num_threads(count)
+    log.info("now on %d torch threads", count)
 
 
 def inference_dtype(cfg: InferenceConfig) -> dict[str, str]:

@@ -130,7 +130,8 @@ def context_length(cfg: InferenceConfig) -> int | None:
     """Tokens the configured model holds where going past them fails: the OpenAI server's
     ``max_model_len`` (vLLM lists it under ``/v1/models``; None if it does not say or cannot be
     reached), or for in-process vLLM and a server the service starts itself
-    (``serve_command``) the model config's ``max_position_embeddings``. None for
+    (``serve_command``) the model config's ``max_position_embeddings``, or ``max_model_len``
+    where that is set and smaller. None for
     transformers, which generates past it (with rotary positions, degraded but no error)."""
     if cfg.backend == "transformers":
         return None
@@ -151,4 +152,7 @@ def context_length(cfg: InferenceConfig) -> int | None:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(resolve_model(cfg.model, cfg))
-    return getattr(config, "max_position_embeddings", None)
+    own = getattr(config, "max_position_embeddings", None)
+    if cfg.max_model_len and (own is None or cfg.max_model_len < own):
+        return cfg.max_model_len  # the server was started with less than the model holds
+    return own

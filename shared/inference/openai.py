@@ -19,9 +19,10 @@ import httpx
 from shared.core.bus import RetryableError
 from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
-from shared.inference import ChatResult, Completion, Conversation, apply_stops
+from shared.inference import ChatResult, Completion, Conversation
 from shared.inference.model import model_identity
 from shared.inference.server import ModelServer
+from shared.inference.stops import apply_stops
 
 MAX_BACKOFF_S = 30.0
 

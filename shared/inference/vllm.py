@@ -12,8 +12,9 @@ from pathlib import Path
 
 from shared.core.messages import SamplingParams
 from shared.core.settings import InferenceConfig
-from shared.inference import ChatResult, Completion, Conversation, apply_stops
+from shared.inference import ChatResult, Completion, Conversation
 from shared.inference.model import model_identity, resolve_model
+from shared.inference.stops import apply_stops
 
 
 class VLLMBackend:

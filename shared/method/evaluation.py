@@ -7,12 +7,14 @@ Modes (the paper's baselines, all prompted like the Qwen2.5-Math evaluation harn
   round-1 answer inside ``<answer> </answer>`` and "please re-answer" (Tian et al., 2025, the
   prompt of a-m-team/a-m-models). The round-2 answer is graded.
 - ``self-rewarding``: RLHFlow's protocol (Xiong et al., 2025; the prompts of their sequential
-  rejection sampling, ``infer_math/process_prompt_turn{1,2,3}.py``), run as prompting of a model
-  that was not trained for it, since the trained self-rewarding models are not available here:
-  solve; a self-evaluation that must end in exactly one ``[VERIFY] correct.`` or
-  ``[VERIFY] wrong.``; on "wrong", a third turn (the self-evaluation cut at its verdict) asks for
-  the mistake and a corrected answer. The correction is graded when there is one; the first answer
-  stands on "correct" and when the model misses the format (their fallback for such models).
+  rejection sampling, ``infer_math/process_prompt_turn{1,2,3}.py``): solve; a self-evaluation
+  that must end in exactly one ``[VERIFY] correct.`` or ``[VERIFY] wrong.``; on "wrong", a third
+  turn (the self-evaluation cut at its verdict) asks for the mistake and a corrected answer. The
+  correction is graded when there is one; the first answer stands on "correct" and when the model
+  misses the format (their fallback for such models). On a model not trained for it (M0, as a
+  baseline mode) this is *intrinsic self-correction*, the prompted variant their paper compares
+  with, and reports call it so; the self-rewarding correction of the literature is a trained
+  model, evaluated under this protocol as a baseline model of its own (``eval.baseline_models``).
 
 Every round is one ``backend.chat`` call over all problems of a benchmark, so the backend can batch.
 
@@ -32,10 +34,10 @@ from dataclasses import dataclass, field
 from shared.core.messages import SamplingParams
 from shared.core.metrics import TOKENS_GENERATED
 from shared.core.settings import EvalSettings, Settings
-from shared.datasets import BenchmarkProblem, load_benchmark
+from shared.datasets import BenchmarkProblem, load_benchmarks
 from shared.inference import Backend, load_backend
 from shared.method.grading import Grader
-from shared.method.markers import InferencePrompt, inference_prompt
+from shared.method.markers import inference_prompt
 
 # The system prompt of the harness's "qwen25-math-cot" template.
 SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -65,6 +67,8 @@ MODES = ("base", "think-twice", "self-rewarding")
 TURN_SEED_STRIDE = 1_000_003
 
 Message = dict[str, str]
+# (benchmark, mode, problems done, problems in all, tokens generated so far)
+OnProgress = Callable[[str, str, int, int, int], None]
 
 
 @dataclass
@@ -227,12 +231,25 @@ def evaluate_benchmark(
     problems: list[BenchmarkProblem],
     mode: str,
     system: str = SYSTEM_PROMPT,
+    on_progress: OnProgress | None = None,
+    chunk: int = 0,
 ) -> BenchmarkSummary:
-    """Generate, grade and summarise one benchmark in one mode."""
+    """Generate, grade and summarise one benchmark in one mode. With ``chunk``, the problems go
+    to the backend that many at a time and ``on_progress`` hears after each chunk."""
     if not problems:
         raise ValueError(f"benchmark {name!r}: no problems to evaluate")
     start = time.perf_counter()
-    samples = generate(mode, problems, backend, sampling_params(config), system)
+    samples: list[SampleResult] = []
+    step = chunk or len(problems)
+    if on_progress is not None:
+        on_progress(name, mode, 0, len(problems), 0)
+    for first in range(0, len(problems), step):
+        part = problems[first : first + step]
+        samples += generate(mode, part, backend, sampling_params(config), system)
+        if on_progress is not None:
+            on_progress(
+                name, mode, first + len(part), len(problems), sum(s.tokens for s in samples)
+            )
     TOKENS_GENERATED.inc(sum(s.tokens for s in samples))
     gold = {p.id: p.gold for p in problems}
     grades = grader.grade_many([(s.final(), gold[s.problem_id]) for s in samples])
@@ -266,49 +283,48 @@ def evaluate(
     modes: list[str] | None = None,
     on_done: Callable[[BenchmarkSummary], None] | None = None,
     system: str = SYSTEM_PROMPT,
+    on_progress: OnProgress | None = None,
+    chunk: int = 0,
 ) -> list[BenchmarkSummary]:
-    """Every benchmark in every mode (default: ``config.modes``); ``on_done`` sees each result."""
+    """Every benchmark in every mode (default: ``config.modes``); ``on_done`` sees each result,
+    ``on_progress`` each chunk of problems (``evaluate_benchmark``)."""
     summaries = []
     for mode in modes or config.modes:
         for name, problems in benchmarks.items():
-            summary = evaluate_benchmark(config, backend, grader, name, problems, mode, system)
+            summary = evaluate_benchmark(
+                config, backend, grader, name, problems, mode, system, on_progress, chunk
+            )
             if on_done is not None:
                 on_done(summary)
             summaries.append(summary)
     return summaries
 
 
-def load_benchmarks(config: EvalSettings) -> dict[str, list[BenchmarkProblem]]:
-    """The configured benchmarks, ``config.limit`` problems each, from ``config.datasets_dir``."""
-    levels = tuple(config.synthetic_levels)
-    return {
-        name: load_benchmark(
-            name, config.datasets_dir, config.limits.get(name, config.limit), levels
-        )
-        for name in config.benchmarks
-    }
-
-
 def evaluate_model(
     settings: Settings,
     model: str | None = None,
     on_done: Callable[[BenchmarkSummary], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> list[BenchmarkSummary]:
-    """Evaluate one model (default: the configured one) without the services."""
+    """Evaluate one model (default: the configured one) without the services; with
+    ``on_progress``, a few batches' worth of problems at a time, reporting after each."""
     config = settings.eval
-    benchmarks = load_benchmarks(config)
+    benchmarks = load_benchmarks(config, settings.data)
     backend = load_backend(settings.inference, model)
-    prompt = model_prompt(model or "", settings)
+    prompt = inference_prompt(model or "", SYSTEM_PROMPT)
     try:
         with Grader(config.grade_timeout_s, config.grade_workers) as grader:
+            # Four batches of rows a chunk: the batch stays full most of the time.
+            chunk = max(4 * settings.inference.batch_size // config.samples, 8)
             return evaluate(
-                config, backend, grader, benchmarks, on_done=on_done, system=prompt.system
+                config,
+                backend,
+                grader,
+                benchmarks,
+                on_done=on_done,
+                system=prompt.system,
+                on_progress=on_progress,
+                chunk=chunk if on_progress else 0,
             )
     finally:
         backend.close()  # a server it started (inference.serve_command) stops with it
-
-
-def model_prompt(model: str, settings: Settings) -> InferencePrompt:
-    """How ``model`` is evaluated: with the system prompt and marker it was trained with
-    (``sampler.inference_marker`` where it saw both), or the harness's prompt for a base model."""
-    return inference_prompt(model, SYSTEM_PROMPT, settings.sampler.inference_marker)

@@ -24,6 +24,8 @@ from multiprocessing.connection import Connection, wait
 
 from math_verify import LatexExtractionConfig, parse, verify
 
+from shared.datasets.rows import last_boxed
+
 _LATEX_ONLY = [LatexExtractionConfig(boxed_match_priority=0)]
 _NUMBER = re.compile(r"-?\d*\.?\d+")
 _PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
@@ -32,28 +34,6 @@ _SET_BUILDER = re.compile(r"^\\\{\s*[a-zA-Z]\s*(?:\||\\mid|:)\s*(.+)\\\}$")
 _SPACES = re.compile(r"\s+")
 _SPACING = re.compile(r"(\\\\)|\\[!, ]")  # a row break \\ is one token, never "\" + "\ "
 _WRAPPED = re.compile(r"^\\(?:text|textbf|mathbf|mathrm|boxed)\{(.*)\}$")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (nested braces matched); None if there is none.
-
-    Like the harness, ``\\boxed 5`` (no brace) gives the text up to the next ``$``.
-    """
-    start = text.rfind("boxed")
-    if start < 0:
-        return None
-    rest = text[start + len("boxed") :]
-    if not rest.startswith("{"):
-        return rest.split("$")[0].strip()
-    depth = 0
-    for i, ch in enumerate(rest):
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return rest[1:i]
-    return rest[1:]  # unbalanced: the harness keeps everything after the opening brace
 
 
 def extract_answer(text: str) -> str:

@@ -3,20 +3,21 @@
 The marker is rendered one of three ways (``SamplerSettings.marker_style``): inside the system
 prompt, as a prefix of the response, or not at all (the ablation).
 
-A trained checkpoint keeps, beside its weights, the prompt manifest (``PROMPT_MANIFEST``): for
-each source it was trained on, the exact system prompt of its training rows and the prefix marker
-its responses start with. Phase-2 sampling and evaluation prompt the checkpoint with that system
-prompt (``inference_prompt``), so a model is never asked in a prompt it was not trained on; a base
-model, which has no manifest, gets the plain prompt.
+A trained checkpoint keeps, beside its weights, its prompt manifest (``PROMPT_MANIFEST``): the
+system prompt it is sampled and evaluated with, which follows from the settings alone
+(``checkpoint_prompt``), never from which sources its shard happened to hold: two runs of one
+config, or the joint and sequential ablation, prompt their models alike. Phase-2 sampling and
+evaluation read it (``inference_prompt``); a base model, which has no manifest, gets the plain
+prompt. Under the prefix style a checkpoint is prompted without a marker: the marker is what its
+answers start with.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from shared.core.settings import SamplerSettings
 
@@ -57,34 +58,23 @@ def render(
     }
 
 
-def strip_marker(response: str, settings: SamplerSettings) -> str:
-    """A response without a leading marker (a model trained with prefix markers writes one)."""
-    text = response.lstrip()
-    for mark in (settings.marker_multi_turn, settings.marker_rejection):
-        if text.startswith(mark):
-            return text[len(mark) :].lstrip()
-    return response
-
-
 PROMPT_MANIFEST = "dualphase-prompt.json"
 
 
-def prompt_manifest(rows: Iterable[dict[str, Any]], settings: SamplerSettings) -> dict[str, Any]:
-    """Per source of the training rows: the system prompt they carry and their prefix marker."""
-    sources: dict[str, dict[str, str]] = {}
-    for row in rows:
-        if row["source"] in sources:
-            continue
-        first = row["prompt"][0]
-        mark = marker(row["source"], settings)
-        sources[row["source"]] = {
-            "system": first["content"] if first["role"] == "system" else "",
-            "prefix": mark if mark and row["completion"][0]["content"].startswith(mark) else "",
-        }
-    return {"sources": sources}
+def checkpoint_prompt(stage: str, system_prompt: str, settings: SamplerSettings) -> dict[str, str]:
+    """The prompt manifest of a checkpoint trained at ``stage``: M1 and M2 are prompted with the
+    system prompt of ``inference_marker``'s source as their training rows render it, the oracle
+    arm (trained without a marker) with the plain one."""
+    source: Source = "oracle" if stage == "oracle" else settings.inference_marker
+    in_system = settings.marker_style == "system"
+    return {
+        "system": system_content(system_prompt, source, settings),
+        "marker": marker(source, settings) if in_system else "",
+        "marker_style": settings.marker_style,
+    }
 
 
-def write_prompt_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
+def write_prompt_manifest(model_dir: Path, manifest: dict[str, str]) -> None:
     path = Path(model_dir) / PROMPT_MANIFEST
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -93,11 +83,9 @@ def write_prompt_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class InferencePrompt:
-    """How to prompt a model: the system prompt, and the marker source it stands for."""
+    """How to prompt a model: its system prompt (with the source marker in it, if any)."""
 
     system: str
-    source: str = ""  # "" for a model without a prompt manifest (the base model)
-    prefix: str = ""  # the marker its responses start with (prefix style)
 
     def conversation(self, question: str, example: str = "") -> list[Message]:
         """System prompt and question; ``example`` (a worked example) goes before the question."""
@@ -105,14 +93,10 @@ class InferencePrompt:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
-def inference_prompt(model: str, plain_system: str, preferred: Source) -> InferencePrompt:
-    """The prompt ``model`` was trained with: the ``preferred`` source's if it was trained on it,
-    else the one source it saw; ``plain_system`` for a model with no prompt manifest."""
+def inference_prompt(model: str, plain_system: str) -> InferencePrompt:
+    """The prompt in ``model``'s manifest, or ``plain_system`` for a model without one."""
     path = Path(model) / PROMPT_MANIFEST if model else None
     if path is None or not path.is_file():
         return InferencePrompt(plain_system)
-    sources = json.loads(path.read_text())["sources"]
-    if not sources:
-        return InferencePrompt(plain_system)
-    source = preferred if preferred in sources else next(iter(sources))
-    return InferencePrompt(sources[source]["system"], source, sources[source]["prefix"])
+    manifest = json.loads(path.read_text())
+    return InferencePrompt(manifest["system"])

@@ -2,7 +2,7 @@
 
 A consumer reports its own lag, so that figure freezes exactly when the consumer is down or
 stuck in a long batch. These are read from the broker (end offsets against each group's committed
-offsets) and from the database (each running run's progress), by sampler-svc on every reconciler
+offsets) and from the database (each running run's progress), by control-svc on every reconciler
 pass, whatever state the other services are in.
 """
 

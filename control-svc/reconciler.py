@@ -1,21 +1,23 @@
 """The reconciler: work that was published but never finished is found in the database and
 published again, so nothing is lost (a broker that lost its messages, a crash between a write
-and a publish). It runs in sampler-svc: once at start-up, then every ``reconcile_interval_s``.
+and a publish). It runs in control-svc: once at start-up, then every
+``control.reconcile_interval_s``. It never does a stage's work itself: it re-sends the message
+that makes the stage do it, and the stages' idempotent writes make a second copy harmless.
 
 One pass:
 
 1. ``ensure_topics``: a restarted in-memory broker has none.
 2. Every run that is not complete or cancelled: marked ``complete`` once every stage is done;
-   otherwise its unfinished work is collected: phase-1 jobs and dialogues
-   (``runs.unfinished_phase1``), the sampler's shards, manifests and phase-2 jobs (the same
-   functions its handlers use), and ready checkpoints whose phase 2 never started or whose
-   evaluation is missing.
+   otherwise its unfinished work is collected (``owed``): phase-1 jobs and dialogues, the
+   verifier's message of a phase-1 set that was never sealed, phase-2 jobs of pending problems,
+   manifests of shards nothing was trained on, and ready checkpoints whose phase 2 never started
+   or whose evaluation is missing.
 3. What is due is published. At start-up everything is due. Later, a message is due when it has
    been unfinished for an interval while the consumers of its stage were idle (every message on
    their topics consumed and committed). Every service commits its input only after publishing
    its output, so idle consumers plus unfinished work means the work was lost; work that is
    merely queued or in hand is never published twice. Consumers are idempotent anyway.
-4. The broker-side and progress gauges are measured (``sampler_svc.collector``).
+4. The broker-side and progress gauges are measured (``control_svc.collector``).
 """
 
 from __future__ import annotations
@@ -31,11 +33,18 @@ from prometheus_client import Counter as MetricCounter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from sampler_svc.collector import collect
-from sampler_svc.rounds import pending_jobs
-from sampler_svc.sealing import seal_phase1, seal_phase2
+from control_svc.collector import collect
+from shared.core import shards
 from shared.core.bus import Publisher, ensure_topics, topic_name
-from shared.core.db import AttemptCount, CheckpointRow, EvalResult, Problem, Run
+from shared.core.db import (
+    AttemptCount,
+    CheckpointRow,
+    EvalResult,
+    Problem,
+    Run,
+    ShardRow,
+    VerdictRow,
+)
 from shared.core.messages import (
     ALL_TOPICS,
     CHECKPOINTS,
@@ -49,9 +58,16 @@ from shared.core.messages import (
     Message,
     ProblemJob,
     ShardManifest,
+    VerifiedSamples,
     consumer_groups,
 )
-from shared.core.runs import is_complete, run_progress, unfinished_phase1
+from shared.core.runs import (
+    is_complete,
+    pending_jobs,
+    run_progress,
+    stored_verdicts,
+    unfinished_phase1,
+)
 from shared.core.settings import CommonSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +88,7 @@ STAGES = {
 STAGE_OF: dict[type[Message], str] = {
     ProblemJob: "work",
     Dialogue: "work",
+    VerifiedSamples: "work",
     ShardManifest: "train",
     CheckpointReady: "eval",
 }
@@ -107,7 +124,7 @@ class Reconciler:
 
     @property
     def interval(self) -> float:
-        return self.settings.common.reconcile_interval_s
+        return self.settings.control.reconcile_interval_s
 
     def reconcile(self, force: bool = False) -> dict[str, int]:
         """One pass; returns how many messages of each kind were published again."""
@@ -148,52 +165,91 @@ class Reconciler:
             self.stats["completed_runs"] += 1
             log.info("run %s complete", run_id)
             return []
-        jobs, dialogues = unfinished_phase1(self.settings, self.sessions, run_id)
-        with self.sessions.begin() as session:  # the seals may write a shard
-            sampler = (
-                seal_phase1(session, run_id, self.settings, again=True)
-                + pending_jobs(session, run_id, self.settings)
-                + seal_phase2(session, run_id, self.settings, again=True)
-            )
-            checkpoints = self._stalled_checkpoints(session, run_id)
-        return [*jobs, *dialogues, *sampler, *checkpoints]
-
-    def _stalled_checkpoints(self, session: Session, run_id: str) -> list[Message]:
-        """Ready checkpoints whose announcement did not arrive: an M1 without phase 2 started
-        (in a run of two phases), or any checkpoint without all its evaluation results."""
-        phases = session.get_one(Run, run_id).config.get("sampler", {}).get("phases", 2)
-        phase2 = phases == 2 and session.scalar(
-            select(func.count()).where(Problem.run_id == run_id, Problem.phase == 2)
-        )
-        started = session.scalar(select(func.count()).where(AttemptCount.run_id == run_id))
-        evaluated = dict(
-            session.execute(
-                select(EvalResult.checkpoint_id, func.count())
-                .where(EvalResult.run_id == run_id)
-                .group_by(EvalResult.checkpoint_id)
-            ).all()
-        )
-        expected = len(self.settings.eval.benchmarks) * len(self.settings.eval.modes)
-        rows = session.scalars(
-            select(CheckpointRow)
-            .where(CheckpointRow.run_id == run_id, CheckpointRow.status == "ready")
-            .order_by(CheckpointRow.id)
-        ).all()
-        return [
-            CheckpointReady(
-                run_id=run_id,
-                checkpoint_id=row.id,
-                stage=row.stage,  # type: ignore[arg-type]
-                path=row.path,
-                parent_checkpoint_id=row.parent_id,
-                shard_id=row.shard_id,
-            )
-            for row in rows
-            if (row.stage == "M1" and phase2 and not started) or evaluated.get(row.id, 0) < expected
-        ]
+        return owed(self.sessions, run_id, self.settings)
 
     def status(self) -> dict[str, Any]:
         return {"reconciler": {**self.stats, "waiting": len(self.waiting)}}
+
+
+def owed(sessions: sessionmaker[Session], run_id: str, settings: Settings) -> list[Message]:
+    """Every message a run is still owed: the work of each stage that was published (or was due
+    to be) and never finished."""
+    jobs, dialogues = unfinished_phase1(sessions, run_id)
+    with sessions() as session:
+        return [
+            *jobs,
+            *dialogues,
+            *unsealed_phase1(session, run_id),
+            *pending_jobs(session, run_id, settings.sampler.schedule),
+            *unannounced_shards(session, run_id, settings.inference.model),
+            *stalled_checkpoints(session, run_id, settings),
+        ]
+
+
+def unsealed_phase1(session: Session, run_id: str) -> list[Message]:
+    """The verifier's message of the last phase-1 problem when every phase-1 problem has its
+    verdicts but no phase-1 shard was written (the sampler never received that message): on it,
+    the sampler seals the set."""
+    problems = session.scalars(
+        select(Problem.problem_id)
+        .where(Problem.run_id == run_id, Problem.phase == 1)
+        .order_by(Problem.problem_id)
+    ).all()
+    judged = session.scalar(
+        select(func.count(func.distinct(VerdictRow.problem_id))).where(
+            VerdictRow.run_id == run_id, VerdictRow.phase == 1
+        )
+    )
+    if not problems or judged < len(problems) or shards.registered(session, run_id, "phase1"):
+        return []
+    return [stored_verdicts(session, run_id, problems[-1])]
+
+
+def unannounced_shards(session: Session, run_id: str, base_model: str) -> list[Message]:
+    """The manifest of every written shard nothing was trained on (its announcement was lost, or
+    the trainer crashed while training it)."""
+    stages = session.scalars(
+        select(ShardRow.stage).where(ShardRow.run_id == run_id).distinct().order_by(ShardRow.stage)
+    ).all()
+    manifests = [shards.manifest(session, run_id, stage, base_model) for stage in stages]
+    return [m for m in manifests if not shards.trained(session, m.shard_id)]
+
+
+def stalled_checkpoints(session: Session, run_id: str, settings: Settings) -> list[Message]:
+    """Ready checkpoints whose announcement did not arrive: an M1 without phase 2 started (in a
+    run of two phases), or any checkpoint without all its evaluation results."""
+    phases = session.get_one(Run, run_id).config.get("sampler", {}).get("phases", 2)
+    # M1's announcement reached the sampler when phase 2 started (its problems got attempt
+    # counts) or, a run without phase-2 problems, when the last shard was sealed at once.
+    started = session.scalar(select(func.count()).where(AttemptCount.run_id == run_id)) or any(
+        shards.registered(session, run_id, stage) for stage in ("joint", "phase2")
+    )
+    evaluated = dict(
+        session.execute(
+            select(EvalResult.checkpoint_id, func.count())
+            .where(EvalResult.run_id == run_id)
+            .group_by(EvalResult.checkpoint_id)
+        ).all()
+    )
+    expected = len(settings.eval.benchmarks) * len(settings.eval.modes)
+    rows = session.scalars(
+        select(CheckpointRow)
+        .where(CheckpointRow.run_id == run_id, CheckpointRow.status == "ready")
+        .order_by(CheckpointRow.id)
+    ).all()
+    return [
+        CheckpointReady(
+            run_id=run_id,
+            checkpoint_id=row.id,
+            stage=row.stage,  # type: ignore[arg-type]
+            path=row.path,
+            parent_checkpoint_id=row.parent_id,
+            shard_id=row.shard_id,
+        )
+        for row in rows
+        if (row.stage == "M1" and phases == 2 and not started)
+        or evaluated.get(row.id, 0) < expected
+    ]
 
 
 def consumed(common: CommonSettings, topics: list[str]) -> bool:

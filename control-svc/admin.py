@@ -1,13 +1,13 @@
-"""Admin endpoints, mounted on sampler-svc's app: submit a run, cancel a run.
+"""Admin endpoints, mounted on control-svc's app: submit a run, cancel a run.
 
-Both need ``Authorization: Bearer <common.admin_token>``: a missing or wrong token gets 401; with
+Both need ``Authorization: Bearer <control.admin_token>``: a missing or wrong token gets 401; with
 no token configured the endpoints are disabled and answer 403. The status endpoints of every
 service stay GET only.
 
-    curl -X POST localhost:8103/runs -H "Authorization: Bearer $TOKEN" \\
+    curl -X POST localhost:8106/runs -H "Authorization: Bearer $TOKEN" \\
          -H 'Content-Type: application/json' \\
          -d '{"problems": [{"question": "1+1?", "answer": "2"}, ...], "phase1": 12, "seed": 0}'
-    curl -X POST localhost:8103/runs/run-1a2b3c4d/cancel -H "Authorization: Bearer $TOKEN"
+    curl -X POST localhost:8106/runs/run-1a2b3c4d/cancel -H "Authorization: Bearer $TOKEN"
 
 Problems are read all or nothing, with the errors of a problem file
 (``shared.datasets.problems``): the first bad problem answers 422 naming the line and the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.core.bus import Publisher
 from shared.core.runs import cancel_run, submit_run
-from shared.core.settings import Settings
+from shared.core.settings import ControlSettings, Settings
 from shared.datasets.problems import DatasetFormatError, parse_problems
 
 # Errors name this as the "file": `POST /runs problems:3: field 'answer': no gold answer`.
@@ -40,8 +41,8 @@ class RunRequest(BaseModel):
     """The body of ``POST /runs``."""
 
     problems: list[dict[str, Any]] | str = Field(
-        description="Problems as a JSON list of objects, or as JSONL text, in a format of "
-        "../shared/datasets (question or problem; answer, gold or a boxed solution; id)."
+        description="Problems as a JSON list of objects, or as JSONL text: rows of a benchmark's "
+        "format (shared/datasets), or question or problem; answer, gold or a boxed solution; id."
     )
     phase1: int | None = Field(
         None,
@@ -61,13 +62,13 @@ def problem_bytes(problems: list[dict[str, Any]] | str) -> bytes:
     return "\n".join(json.dumps(p) for p in problems).encode()
 
 
-def admin_router(
-    settings: Settings, sessions: sessionmaker[Session], publisher: Publisher
-) -> APIRouter:
+def require_token(settings: ControlSettings) -> Callable[[Credentials], None]:
+    """A FastAPI dependency: 403 while no token is configured, 401 for a missing or wrong one."""
+
     def authorize(credentials: Credentials) -> None:
-        token = settings.common.admin_token
+        token = settings.admin_token
         if not token:
-            raise HTTPException(403, "admin endpoints are disabled: set common.admin_token")
+            raise HTTPException(403, "admin endpoints are disabled: set control.admin_token")
         if credentials is None or not secrets.compare_digest(
             credentials.credentials.encode(), token.encode()
         ):
@@ -75,7 +76,14 @@ def admin_router(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
 
-    router = APIRouter(dependencies=[Depends(authorize)], tags=["admin"])
+    return authorize
+
+
+def admin_router(
+    settings: Settings, sessions: sessionmaker[Session], publisher: Publisher
+) -> APIRouter:
+    """Submit and cancel; a submitted run records ``settings`` as its config snapshot."""
+    router = APIRouter(dependencies=[Depends(require_token(settings.control))], tags=["admin"])
 
     @router.post("/runs", status_code=201)
     def submit(body: RunRequest) -> dict[str, str]:

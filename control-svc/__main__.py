@@ -1,0 +1,3 @@
+from control_svc.app import main
+
+main()
