@@ -32,6 +32,8 @@ from shared.core.settings import CONFIG_ENV, CommonSettings, DataSettings
 # No dataset or model hub is reachable from the test machines: a load that would try one fails at
 # once (HF_HUB_OFFLINE) instead of retrying for half a minute. Datasets come from `hub_copy`.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite's settings are its own, never those of a config file the shell exported.
+os.environ.pop(CONFIG_ENV, None)
 # The real benchmark files beside the repository (the Qwen2.5-Math harness layout).
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -40,11 +42,15 @@ POSTGRES = os.environ.get("DUALPHASE_TEST_POSTGRES", "postgresql+psycopg://postg
 
 
 @pytest.fixture(autouse=True)
-def no_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_config_file(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts without a config file: a command run in-process (`run`, `eval`) exports
     the one it read to DUALPHASE_CONFIG for the services it starts, and it must not become the
-    settings of the next test in the same worker."""
+    settings of the next test in the same worker. Removed again after the test: a module-scoped
+    fixture is built before this one runs, and CI's test_measured_sampling read the demo's
+    config that way (left by `dualphase run --dry-run` in an earlier file)."""
     monkeypatch.delenv(CONFIG_ENV, raising=False)
+    yield
+    os.environ.pop(CONFIG_ENV, None)
 
 
 def create_schema(url: str) -> None:

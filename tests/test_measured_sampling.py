@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from benchmarks.sampling_measured import NEVER, app, draw, first_indices, waves_up_to
 from benchmarks.sampling_simulation import PAPER_SCHEDULE, compare, run_schedule
-from shared.core.messages import SamplingParams
+from generator_svc.handler import run_samples
+from shared.core.messages import ProblemJob
 from shared.core.settings import Settings
 from shared.datasets.synthetic import SyntheticProblem
 from shared.inference import load_backend
@@ -52,12 +53,7 @@ def test_waves_continue_the_schedule_to_the_longest_cap() -> None:
 @pytest.fixture(scope="module")
 def settings() -> Settings:
     s = Settings()
-    # One row at a time: what is proven here is the seeding (sample j is seeded seed + j), and a
-    # row decoded alone is computed the same way in every wave and in the one pass. That rows
-    # beside it change nothing is tests/test_inference.py's claim; here, on a CI machine whose
-    # CPU could not be identified, 8-row batches of waves and of the one pass drew different
-    # samples, in bfloat16 and then in float32 (passing on an AVX2 AMD and an AMX Intel machine).
-    s.inference.threads, s.inference.batch_size = 1, 1
+    s.inference.threads, s.inference.batch_size = 1, 8
     # float32 everywhere: bfloat16 samples differ between CPUs (AMX, AVX512-BF16, emulated).
     s.inference.dtype = "float32"
     s.generator.max_new_tokens = 12
@@ -80,18 +76,24 @@ def test_stream_stops_at_the_first_accepted_wave_and_equals_one_pass(settings: S
     assert first != NEVER, "the model should answer 2 + 3 within 31 samples"
     ends = np.cumsum(waves)
     assert len(easy["accepted"]) == ends[np.searchsorted(ends, first)]  # stopped at its wave
-    # Round by round = one pass: the token counts of every sample match a single chat call.
+    # Round by round = one pass: every sample's length matches one job of them all, drawn by the
+    # generator's own code with the same settings (prompt, example, stops).
     backend = load_backend(settings.inference)
-    conv = InferencePrompt(load_prompts(settings.generator.prompt_version).system).conversation(
-        EASY.question
-    )
-    params = SamplingParams(
+    one_job = ProblemJob(
+        run_id="one-pass",
+        kind="sample",
+        problem_id=EASY.id,
+        job_id="one-pass",
+        phase=2,
+        question=EASY.question,
+        gold=str(EASY.answer),
+        dataset="synthetic",
         n=len(easy["tokens"]),
-        temperature=settings.generator.temperature,
-        max_new_tokens=12,
         seed=seed,
     )
-    assert [c.tokens for c in backend.chat([conv], params)[0].completions] == easy["tokens"]
+    prompt = InferencePrompt(load_prompts(settings.generator.prompt_version).system)
+    [samples] = run_samples(backend, [one_job], prompt, settings.generator)
+    assert [g.tokens[-1] for g in samples] == easy["tokens"]
 
 
 def test_sampling_measured_command_writes_streams_and_replays_them(tmp_path: Path) -> None:
