@@ -73,7 +73,7 @@ def phase1_rows(session: Session, run_id: str) -> Section:
         ["chain (first answer, review, rewrite)", f"{sum(map(sum, tokens)) / len(tokens):.0f}"],
         ["rewrite alone", f"{sum(t[-1] for t in tokens) / len(tokens):.0f}"],
     ]
-    note = f"{len(tokens)} kept dialogues; this run trained on: {chosen} (sampler.phase1_row)."
+    note = f"Kept dialogues: {len(tokens)}; this run trained on: {chosen} (sampler.phase1_row)."
     return Section("Phase-1 training rows", ["row", "mean tokens"], rows, note)
 
 
