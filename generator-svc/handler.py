@@ -180,7 +180,7 @@ def handle_jobs(
         TOKENS_GENERATED.inc(tokens)
         with sessions.begin() as session:
             for job, job_gens in zip(dialogues + samples, gens, strict=True):
-                rows = _rows(job, job_gens, backend.model_id, prompts.version, settings)
+                rows = generation_rows(job, job_gens, backend.model_id, prompts.version, settings)
                 insert_ignore(session, GenerationRow, rows)
     done = stored_dialogues(sessions, jobs)
     for job in jobs:
@@ -189,13 +189,14 @@ def handle_jobs(
     stats.jobs_in_flight, stats.current = 0, []
 
 
-def _rows(
+def generation_rows(
     job: ProblemJob,
     gens: list[Generation],
     model_id: str,
     version: str,
     settings: GeneratorSettings,
 ) -> list[dict]:
+    """One generations-table row per sample of ``job``, with its sampling parameters."""
     params = job_params(job, settings).model_dump()
     return [
         dict(

@@ -18,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from generator_svc.handler import generation_rows, job_params
 from sampler_svc import handler as sampler
 from shared.core import runs
 from shared.core.db import (
@@ -38,10 +39,15 @@ from shared.core.messages import (
     Dialogue,
     Generation,
     ProblemJob,
-    SamplingParams,
     VerifiedSamples,
 )
-from shared.core.settings import CommonSettings, DataSettings, SamplerSettings, Settings
+from shared.core.settings import (
+    CommonSettings,
+    DataSettings,
+    GeneratorSettings,
+    SamplerSettings,
+    Settings,
+)
 from shared.method.grading import Grader
 from verifier_svc.app import _add_rule_counts
 from verifier_svc.handler import verify_dialogue
@@ -65,6 +71,9 @@ PHASE2 = {
     "mul-3": [False, False, False, False, False],  # exhausted; one sample carries SCRIPT
     "mul-4": [False, True],
 }
+
+
+GENERATOR = GeneratorSettings()  # the sampling parameters stored with each generation
 
 
 @dataclass
@@ -121,28 +130,8 @@ def _store(session: Session, job: ProblemJob, samples: list[tuple[list[str], str
         )
         for i, (turns, finish) in enumerate(samples)
     ]
-    insert_ignore(
-        session,
-        GenerationRow,
-        [
-            dict(
-                run_id=job.run_id,
-                problem_id=job.problem_id,
-                sample_id=g.sample_id,
-                job_id=job.job_id,
-                phase=job.phase,
-                round=job.round,
-                turns=g.turns,
-                tokens=g.tokens,
-                finish_reasons=g.finish_reasons,
-                model=job.model or "smollm2",
-                prompt_version="v1",
-                params=SamplingParams(n=job.n, seed=job.seed).model_dump(),
-                seed=g.seed,
-            )
-            for g in gens
-        ],
-    )
+    model = job.model or "smollm2"
+    insert_ignore(session, GenerationRow, generation_rows(job, gens, model, "v1", GENERATOR))
     return Dialogue(
         run_id=job.run_id,
         problem_id=job.problem_id,
@@ -150,9 +139,9 @@ def _store(session: Session, job: ProblemJob, samples: list[tuple[list[str], str
         phase=job.phase,
         round=job.round,
         gold=job.gold,
-        model=job.model or "smollm2",
+        model=model,
         prompt_version="v1",
-        params=SamplingParams(n=job.n, seed=job.seed),
+        params=job_params(job, GENERATOR),
         samples=gens,
     )
 

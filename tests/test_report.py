@@ -198,25 +198,7 @@ def test_the_report_pairs_each_stage_with_the_model_it_improves_on(sqlite_url: s
     with transaction(make_sessionmaker(engine)) as session:
         session.add(CheckpointRow(id="ck-m1", run_id=run_id, stage="M1", path="/x"))
         for ck, right in ((BASE_CHECKPOINT_ID, 2), ("ck-m1", 9)):
-            key = dict(run_id=run_id, checkpoint_id=ck, benchmark="synthetic", mode="base")
-            summary = dict(key, problems=10, samples=1, accuracy=right / 10, ci95=0.0)
-            insert_ignore(session, EvalResult, [dict(summary, mean_tokens=5, median_tokens=5)])
-            insert_ignore(
-                session,
-                EvalSampleRow,
-                [
-                    dict(
-                        key,
-                        problem_id=str(p),
-                        sample=0,
-                        turns=["."],
-                        tokens=5,
-                        extracted="",
-                        correct=p < right,
-                    )
-                    for p in range(10)
-                ],
-            )
+            add_model(session, run_id, ck, "base", set(range(right)), 10, "synthetic")
     with make_sessionmaker(engine)() as session:
         markdown = render_markdown(load_run(session, run_id))
     line = next(ln for ln in markdown.splitlines() if "| M1 - M0 |" in ln)
@@ -225,10 +207,16 @@ def test_the_report_pairs_each_stage_with_the_model_it_improves_on(sqlite_url: s
 
 
 def add_model(
-    session: Session, run_id: str, checkpoint_id: str, mode: str, right: set[int], problems: int
+    session: Session,
+    run_id: str,
+    checkpoint_id: str,
+    mode: str,
+    right: set[int],
+    problems: int,
+    benchmark: str = "gsm8k",
 ) -> None:
-    """One model's gsm8k evaluation: problems 0..problems-1, one sample each, right on ``right``."""
-    key = dict(run_id=run_id, checkpoint_id=checkpoint_id, benchmark="gsm8k", mode=mode)
+    """One model's evaluation: problems 0..problems-1, one sample each, right on ``right``."""
+    key = dict(run_id=run_id, checkpoint_id=checkpoint_id, benchmark=benchmark, mode=mode)
     summary = dict(key, problems=problems, samples=1, accuracy=len(right) / problems, ci95=0.0)
     insert_ignore(session, EvalResult, [dict(summary, mean_tokens=5, median_tokens=5)])
     insert_ignore(
